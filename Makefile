@@ -1,0 +1,38 @@
+# scipion-em-cryoralign: everyday commands. No activated venv needed: everything runs .venv/bin/python.
+#
+#   make venv    create .venv (with the python3 on PATH) and install the plugin + test tools + MPI
+#   make test    run the whole test suite (slow tests included)
+#   make demo    run the headless demo workflow (writes demo_output/)
+#   make bench   run the search benchmark
+#   make clean   remove build products and caches (keeps .venv; `make distclean` removes it too)
+
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.cryoralign-installed
+
+.PHONY: venv test demo bench clean distclean
+
+venv: $(STAMP)
+
+# Re-installs only when the packaging files change; the stamp keeps `make venv` fast otherwise.
+$(STAMP): setup.py requirements.txt
+	@test -x $(VPY) || { echo "creating $(VENV) with $$(command -v $(PYTHON))"; $(PYTHON) -m venv $(VENV); }
+	$(VPY) -m pip install -e '.[test]' mpich
+	@touch $(STAMP)
+
+test: venv
+	$(VPY) -m pytest -q cryoralign_plugin/tests
+
+demo: venv
+	$(VPY) -m cryoralign_plugin.demo
+
+bench: venv
+	$(VPY) benchmarks/bench_search.py
+
+clean:
+	rm -rf build dist .eggs *.egg-info .pytest_cache demo_output
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
