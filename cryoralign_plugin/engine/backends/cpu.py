@@ -1,0 +1,370 @@
+"""CPU backend: numba kernels, numpy/scipy FFTs and single-threaded BLAS, parallel over particles.
+
+The correlation of every particle with every (reference, shift) is, at each ring frequency ``m``,
+a real matrix product: ``[Re S | Im S] (P x 2R) @ B_m (2R x 4KS)`` yields the straight
+``sum_r w_r R conj(S)`` and the mirrored ``sum_r w_r R S`` products in one pass (``S`` particle
+ring spectra, ``R`` reference ring spectra).  Frequencies that only the longer rings have form
+bands with fewer rows, so no work is spent on zeros.
+
+Coarse to fine: every (reference, shift, mirror) is first screened on the correlation low-passed
+to ``screen`` angular frequencies (short inverse FFTs); the ``keep`` best (shift, mirror) pairs of
+each (particle, reference) are then correlated at full resolution and the best of those is the
+answer.  With ``screen=None`` the full-resolution correlation of every pair is scanned (exhaustive).
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+from numba import njit, prange
+from threadpoolctl import threadpool_limits
+
+from .. import images as imgops
+
+BLOCK_BYTES = 48 * 2 ** 20  # working memory per worker thread
+
+
+@njit(cache=True, inline="always")
+def _bilinear(img, x, y):
+    n = img.shape[0]
+    ix = int(np.floor(x))
+    iy = int(np.floor(y))
+    fx = x - ix
+    fy = y - iy
+    total = 0.0
+    for j, wy in ((iy, 1.0 - fy), (iy + 1, fy)):
+        if j < 0 or j >= n:
+            continue
+        for i, wx in ((ix, 1.0 - fx), (ix + 1, fx)):
+            if 0 <= i < n:
+                total += wx * wy * img[j, i]
+    return total
+
+
+@njit(cache=True, parallel=True)
+def _polar(images, index, centres, dx, dy, out):
+    for i in prange(out.shape[0]):
+        img = images[index[i]]
+        cx = centres[i, 0]
+        cy = centres[i, 1]
+        for t in range(dx.shape[0]):
+            out[i, t] = _bilinear(img, cx + dx[t], cy + dy[t])
+
+
+@njit(cache=True, nogil=True)
+def _assemble(products, n_shifts, mirror, out):
+    """Products ``(F, P, 2 or 4 x S)`` -> complex spectra ``(P, S, 1 or 2, F)`` for the inverse FFT."""
+    for p in range(out.shape[0]):
+        for s in range(n_shifts):
+            for f in range(products.shape[0]):
+                row = products[f, p]
+                out[p, s, 0, f] = complex(row[s], row[n_shifts + s])
+                if mirror:
+                    out[p, s, 1, f] = complex(row[2 * n_shifts + s], row[3 * n_shifts + s])
+
+
+@njit(cache=True, nogil=True)
+def _peaks(ccf, k, score, shift, flip, angle):
+    """Best (shift, mirror, angle) of each particle against reference ``k``, from ``(P, S, 1|2, L)``.
+
+    Ties go to the first in scan order: lower shift index, straight before mirror, lower angle.
+    The angle is refined with a least-squares parabola through the 7 samples around the peak.
+    """
+    n_shifts, n_mirror, length = ccf.shape[1], ccf.shape[2], ccf.shape[3]
+    for p in range(ccf.shape[0]):
+        best = -np.inf
+        bs = 0
+        bm = 0
+        bj = 0
+        for s in range(n_shifts):
+            for m in range(n_mirror):
+                row = ccf[p, s, m]
+                for j in range(length):
+                    if row[j] > best:
+                        best = row[j]
+                        bs = s
+                        bm = m
+                        bj = j
+        row = ccf[p, bs, bm]
+        slope = 0.0
+        curve = 0.0
+        for u in range(-3, 4):
+            v = row[(bj + u) % length]
+            slope += u * v
+            curve += (u * u - 4) * v
+        offset = 0.0
+        if curve < 0.0:
+            offset = min(1.0, max(-1.0, -(slope / 28.0) / (2.0 * curve / 84.0)))
+        score[p, k] = best
+        shift[p, k] = bs
+        flip[p, k] = bm
+        angle[p, k] = bj + offset
+
+
+@njit(cache=True, nogil=True)
+def _screen(ccf, keep, out):
+    """Indices ``s * n_mirror + m`` of the ``keep`` best (shift, mirror) pairs per particle, in order.
+
+    Pairs are ranked by their coarse peak; equal peaks keep the lower index.  ``out`` is sorted
+    ascending so the fine stage applies the same first-wins tie rule as the exhaustive scan.
+    """
+    n_shifts, n_mirror, length = ccf.shape[1], ccf.shape[2], ccf.shape[3]
+    best = np.empty(keep)
+    for p in range(ccf.shape[0]):
+        best[:] = -np.inf
+        out[p, :] = 0
+        for s in range(n_shifts):
+            for m in range(n_mirror):
+                row = ccf[p, s, m]
+                peak = row[0]
+                for j in range(1, length):
+                    peak = max(peak, row[j])
+                slot = keep
+                while slot > 0 and peak > best[slot - 1]:
+                    slot -= 1
+                if slot < keep:
+                    for q in range(keep - 1, slot, -1):
+                        best[q] = best[q - 1]
+                        out[p, q] = out[p, q - 1]
+                    best[slot] = peak
+                    out[p, slot] = s * n_mirror + m
+        out[p].sort()
+
+
+@njit(cache=True, nogil=True)
+def _fine_spectra(particles, reference, limits, chosen, n_mirror, out):
+    """Full correlation spectra of the chosen pairs: ``sum_r R conj(S)`` straight, ``R S`` mirrored.
+
+    ``particles`` ``(P, R, F)``, ``reference`` ``(S, R, F)`` (weighted), ``limits[r]`` = last
+    frequency of ring ``r``; ``out`` ``(P, keep, F)``.
+    """
+    for p in range(chosen.shape[0]):
+        for q in range(chosen.shape[1]):
+            s = chosen[p, q] // n_mirror
+            mirrored = chosen[p, q] % n_mirror == 1
+            acc = out[p, q]
+            acc[:] = 0
+            for r in range(particles.shape[1]):
+                for f in range(limits[r] + 1):
+                    a = particles[p, r, f]
+                    if mirrored:
+                        acc[f] += reference[s, r, f] * a
+                    else:
+                        acc[f] += reference[s, r, f] * np.conj(a)
+
+
+@njit(cache=True, nogil=True)
+def _fine_peaks(ccf, chosen, n_mirror, k, score, shift, flip, angle):
+    """Like :func:`_peaks` over the chosen pairs only (``ccf`` ``(P, keep, L)``)."""
+    reshaped = ccf.reshape(ccf.shape[0], ccf.shape[1], 1, ccf.shape[2])
+    _peaks(reshaped, k, score, shift, flip, angle)
+    for p in range(ccf.shape[0]):
+        pair = chosen[p, shift[p, k]]
+        shift[p, k] = pair // n_mirror
+        flip[p, k] = pair % n_mirror
+
+
+@dataclass
+class _Band:
+    first_ring: int   # rings first_ring.. contribute
+    freqs: slice      # frequencies of this band
+    operand: np.ndarray  # (K, n_freqs, 2 * n_rings, 2 or 4 x S) float32
+
+
+@dataclass
+class PreparedReferences:
+    """Reference spectra arranged as matrix-product operands, built once per iteration.
+
+    ``bands`` cover the screening frequencies; ``dense`` ``(K, S, R, F)`` holds the full weighted
+    spectra for the fine stage (None when the search is exhaustive).
+    """
+    n_refs: int
+    n_shifts: int
+    mirror: bool
+    bands: list
+    dense: object
+    screen_length: int
+
+
+class CpuBackend:
+    """The default backend; ``threads`` workers each run a block of particles end to end."""
+    name = "cpu"
+
+    def __init__(self, threads=None, screen=32, keep=3):
+        self.threads = max(1, int(threads or os.cpu_count() or 1))
+        self.screen = screen
+        self.keep = keep
+
+    # --- resampling -------------------------------------------------------
+    def polar(self, images, index, centres, grid):
+        """Rings ``(len(index), T)`` of ``images[index]`` resampled around absolute ``centres``."""
+        dx, dy = _ring_offsets(grid)
+        out = np.empty((len(index), grid.total), dtype=np.float32)
+        _polar(np.ascontiguousarray(images, dtype=np.float32), np.ascontiguousarray(index, dtype=np.int64),
+               np.ascontiguousarray(centres, dtype=np.float64), dx, dy, out)
+        return out
+
+    # --- search -----------------------------------------------------------
+    def prepare_references(self, rings, grid, mirror):
+        """Reference rings ``(K, S, T)`` -> :class:`PreparedReferences`."""
+        n_refs, n_shifts = rings.shape[:2]
+        spectra = _ring_spectra(rings.reshape(n_refs * n_shifts, -1), grid, weighted=True)
+        length = grid.maxrin
+        if self.screen is not None and 2 * self.screen < grid.maxrin:
+            length = 2 * self.screen
+        dense = None
+        if length < grid.maxrin:
+            dense = _dense(spectra, grid).reshape(n_refs, n_shifts, len(grid.radii), -1)
+        bands = []
+        for first, freqs in _bands(grid, length // 2):
+            sub = _band_spectra(spectra, grid, first, freqs).reshape(n_refs, n_shifts, -1, freqs.stop - freqs.start)
+            a = sub.real.transpose(0, 3, 2, 1)  # (K, F, R, S)
+            b = sub.imag.transpose(0, 3, 2, 1)
+            blocks = [[a, b, a, b], [b, -a, -b, a]] if mirror else [[a, b], [b, -a]]
+            operand = np.concatenate([np.concatenate(row, axis=3) for row in blocks], axis=2)
+            bands.append(_Band(first, freqs, np.ascontiguousarray(operand, dtype=np.float32)))
+        return PreparedReferences(n_refs, n_shifts, mirror, bands, dense, length)
+
+    def search(self, rings, refs, grid):
+        """Best (score, shift index, mirror, angle sample) of every particle against every reference.
+
+        Returns four ``(P, K)`` arrays; the angle is in ring samples of length ``grid.maxrin``.
+        """
+        count = len(rings)
+        score = np.empty((count, refs.n_refs), np.float32)
+        shift = np.empty((count, refs.n_refs), np.int32)
+        flip = np.empty((count, refs.n_refs), np.int8)
+        angle = np.empty((count, refs.n_refs), np.float32)
+        block = self._block_size(refs, grid)
+        starts = range(0, count, block)
+
+        def run(start):
+            sl = slice(start, min(start + block, count))
+            spectra = _ring_spectra(rings[sl], grid, weighted=False)
+            operands = self._particle_operands(spectra, refs, grid)
+            if refs.dense is None:
+                for k in range(refs.n_refs):
+                    _peaks(self._correlate(operands, k, refs), k, score[sl], shift[sl], flip[sl], angle[sl])
+                return
+            particles = _dense(spectra, grid)
+            n_mirror = 2 if refs.mirror else 1
+            keep = min(self.keep, refs.n_shifts * n_mirror)
+            chosen = np.empty((sl.stop - sl.start, keep), np.int64)
+            fine = np.empty((sl.stop - sl.start, keep, grid.maxrin // 2 + 1), np.complex64)
+            for k in range(refs.n_refs):
+                _screen(self._correlate(operands, k, refs), keep, chosen)
+                _fine_spectra(particles, refs.dense[k], grid.lengths // 2, chosen, n_mirror, fine)
+                ccf = scipy.fft.irfft(fine, n=grid.maxrin, axis=-1, workers=1)
+                _fine_peaks(ccf, chosen, n_mirror, k, score[sl], shift[sl], flip[sl], angle[sl])
+
+        with threadpool_limits(1, user_api="blas"):
+            if self.threads == 1 or len(starts) == 1:
+                for start in starts:
+                    run(start)
+            else:
+                with ThreadPoolExecutor(self.threads) as pool:
+                    list(pool.map(run, starts))
+        return score, shift, flip, angle
+
+    @staticmethod
+    def _block_size(refs, grid):
+        columns = refs.n_shifts * (2 if refs.mirror else 1)
+        length = refs.screen_length
+        per_particle = columns * ((length // 2 + 1) * (8 + 8) + length * 4) + len(grid.radii) * grid.maxrin * 8
+        return int(max(1, min(64, BLOCK_BYTES // per_particle)))
+
+    @staticmethod
+    def _particle_operands(spectra, refs, grid):
+        """Left matrix-product operands ``[Re S | Im S]`` per band, ``(F, P, 2R)``, contiguous."""
+        out = []
+        for band in refs.bands:
+            sub = _band_spectra(spectra, grid, band.first_ring, band.freqs)
+            out.append(np.ascontiguousarray(np.concatenate([sub.real, sub.imag], axis=1).transpose(2, 0, 1)))
+        return out
+
+    @staticmethod
+    def _correlate(operands, k, refs):
+        """Rotational correlations ``(P, S, 1|2, L)`` of a particle block with reference ``k``."""
+        count = operands[0].shape[1]
+        n_freq = refs.screen_length // 2 + 1
+        products = np.empty((n_freq, count, refs.bands[0].operand.shape[3]), np.float32)
+        for lhs, band in zip(operands, refs.bands):
+            np.matmul(lhs, band.operand[k], out=products[band.freqs])
+        spectrum = np.empty((count, refs.n_shifts, 2 if refs.mirror else 1, n_freq), np.complex64)
+        _assemble(products, refs.n_shifts, refs.mirror, spectrum)
+        return scipy.fft.irfft(spectrum, n=refs.screen_length, axis=-1, workers=1)
+
+    # --- averages ---------------------------------------------------------
+    def transform(self, images, params):
+        return imgops.transform(images, params)
+
+    def class_sums(self, images, params, classes, parity, n_classes):
+        return imgops.class_sums(images, params, classes, parity, n_classes, self.threads)
+
+
+def _ring_offsets(grid):
+    """Sample offsets ``(dx, dy)`` of the polar grid: angle 0 on +x, increasing towards -y."""
+    dx = np.empty(grid.total)
+    dy = np.empty(grid.total)
+    for r, n, o in zip(grid.radii, grid.lengths, grid.offsets):
+        phi = 2.0 * np.pi * np.arange(n) / n
+        dx[o:o + n] = r * np.cos(phi)
+        dy[o:o + n] = -r * np.sin(phi)
+    return dx, dy
+
+
+def _groups(grid):
+    """Runs of consecutive rings of equal length: ``[(first ring, end ring, length)]``."""
+    edges = np.flatnonzero(np.diff(grid.lengths)) + 1
+    starts = np.concatenate([[0], edges])
+    ends = np.concatenate([edges, [len(grid.lengths)]])
+    return [(int(s), int(e), int(grid.lengths[s])) for s, e in zip(starts, ends)]
+
+
+def _group_of(grid, ring):
+    return [g[0] for g in _groups(grid)].index(ring)
+
+
+def _bands(grid, max_freq):
+    """``(first ring, frequency slice)`` per band up to ``max_freq``: the frequencies new in group g."""
+    out, low = [], 0
+    for first, _, length in _groups(grid):
+        high = min(length // 2, max_freq) + 1
+        if high > low:
+            out.append((first, slice(low, high)))
+        low = high
+    return out
+
+
+def _dense(spectra, grid):
+    """Group spectra -> one ``(N, R, maxrin//2 + 1)`` array, zero past each ring's Nyquist."""
+    count = len(spectra[0])
+    out = np.zeros((count, len(grid.radii), grid.maxrin // 2 + 1), np.complex64)
+    for (first, end, length), spec in zip(_groups(grid), spectra):
+        out[:, first:end, :length // 2 + 1] = spec
+    return out
+
+
+def _band_spectra(spectra, grid, first_ring, freqs):
+    """Spectra ``(N, R_band, F_band)`` of the rings from ``first_ring`` on, at band frequencies."""
+    return np.concatenate([s[:, :, freqs] for s in spectra[_group_of(grid, first_ring):]], axis=1)
+
+
+def _ring_spectra(rings, grid, weighted):
+    """Per ring group, the rfft of its rings ``(N, rings, length//2 + 1)`` (complex64).
+
+    With ``weighted`` the SPARX ring weights are applied, halving a short ring's Nyquist bin, which
+    appears twice once the ring is embedded in the longest one's spectrum.
+    """
+    out = []
+    for first, end, length in _groups(grid):
+        lo = grid.offsets[first]
+        block = rings[:, lo:lo + (end - first) * length].reshape(len(rings), end - first, length)
+        spec = scipy.fft.rfft(block, axis=-1, workers=1).astype(np.complex64)
+        if weighted:
+            spec *= grid.weights[first:end, None].astype(np.float32)
+            if length < grid.maxrin:
+                spec[:, :, -1] *= 0.5
+        out.append(spec)
+    return out

@@ -1,0 +1,115 @@
+"""One alignment search step: a batch of particles against K references, backend-agnostic.
+
+Each particle is resampled in polar coordinates once, around its current centre; the trial shifts
+are applied to the references instead (``K x S`` resamplings per iteration, shared by all
+particles).  Rings are normalised to zero weighted mean and unit weighted norm, so a score is a
+correlation coefficient in [-1, 1] comparable across references and shifts.
+
+Angles: the backend reports the peak position ``j`` in samples of the longest ring.  A straight
+match means the particle rotated by ``psi = 360 j / maxrin`` matches the reference; the mirrored
+correlation is a circular convolution, whose peak ``j`` means ``psi = 180 - 360 j / maxrin``.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from .errors import InputError
+from .geometry import MIRROR, PSI, SX, SY, rotation
+
+
+@dataclass
+class Candidates:
+    """Per (particle, reference) best match: ``(P, K)`` arrays plus the particles' offsets."""
+    score: np.ndarray
+    shift: np.ndarray
+    mirror: np.ndarray
+    angle: np.ndarray
+    offsets: np.ndarray
+
+
+def check_geometry(box, grid, shift_range, max_offset=0.0):
+    """Refuse a radius that, with the shift search, would sample outside the box."""
+    limit = (box - 1) // 2 - 1
+    reach = grid.outer_radius + shift_range
+    if reach > limit:
+        raise InputError(
+            "radius %d + shift range %g = %g px reaches outside the %d px box (at most %d px fits): "
+            "use a radius <= %d or a smaller shift range" % (grid.outer_radius, shift_range, reach, box,
+                                                            limit, int(limit - shift_range)))
+
+
+def offset_limit(box, grid):
+    """Largest centre offset that keeps the particle's rings inside the box (SPARX ``mashi``)."""
+    return max(0.0, (box - 1) // 2 - 1 - grid.outer_radius)
+
+
+@njit(cache=True, parallel=True)
+def _normalise_rows(rows, area):
+    total = area.sum()
+    for i in prange(rows.shape[0]):
+        row = rows[i]
+        mean = 0.0
+        for t in range(row.shape[0]):
+            mean += area[t] * row[t]
+        mean /= total
+        norm = 0.0
+        for t in range(row.shape[0]):
+            d = row[t] - mean
+            norm += area[t] * d * d
+        scale = 1.0 / np.sqrt(norm) if norm > 1e-20 else 0.0
+        for t in range(row.shape[0]):
+            row[t] = (row[t] - mean) * scale
+
+
+def normalise_rings(rings, grid):
+    """Zero weighted mean and unit weighted norm per row (weights = area per sample), in place."""
+    flat = rings.reshape(-1, rings.shape[-1])
+    _normalise_rows(flat, np.repeat(grid.area, grid.lengths))
+    return rings
+
+
+def reference_rings(backend, references, grid, shifts):
+    """Normalised rings ``(K, S, T)`` of each reference displaced by each trial shift.
+
+    A trial shift ``t`` moves the reference's sampling centre to ``c - t``.
+    """
+    n_refs, box = len(references), references.shape[-1]
+    centre = box // 2
+    index = np.repeat(np.arange(n_refs), len(shifts))
+    centres = centre - np.tile(shifts, (n_refs, 1))
+    rings = backend.polar(references, index, centres, grid)
+    return normalise_rings(rings, grid).reshape(n_refs, len(shifts), -1)
+
+
+def particle_rings(backend, images, offsets, grid):
+    """Normalised rings ``(P, T)`` of each particle around ``centre + offset``."""
+    centre = images.shape[-1] // 2
+    rings = backend.polar(images, np.arange(len(images)), centre + offsets, grid)
+    return normalise_rings(rings, grid)
+
+
+def search(backend, images, offsets, prepared, grid):
+    """Candidates of every particle against every prepared reference."""
+    rings = particle_rings(backend, images, offsets, grid)
+    score, shift, flip, angle = backend.search(rings, prepared, grid)
+    return Candidates(score, shift, flip, angle, offsets)
+
+
+def candidate_params(candidates, choice, shifts, grid):
+    """Alignment parameters ``(P, 4)`` for the chosen reference of each particle.
+
+    With particle offset ``d``, trial shift ``t`` and angle ``psi``: straight ``t_E = -R d - t``;
+    mirrored ``t_E = -R d - M t`` (see the module docstring for the angle).
+    """
+    rows = np.arange(len(choice))
+    j = candidates.angle[rows, choice].astype(np.float64) * 360.0 / grid.maxrin
+    flip = candidates.mirror[rows, choice].astype(bool)
+    t = shifts[candidates.shift[rows, choice]].copy()
+    psi = np.where(flip, 180.0 - j, j) % 360.0
+    t[flip, 0] *= -1.0
+    out = np.empty((len(choice), 4))
+    out[:, PSI] = psi
+    out[:, [SX, SY]] = -np.einsum("nij,nj->ni", rotation(psi), candidates.offsets) - t
+    out[:, MIRROR] = flip
+    return out
