@@ -17,7 +17,12 @@ venv: $(STAMP)
 
 # Re-installs only when the packaging files change; the stamp keeps `make venv` fast otherwise.
 $(STAMP): setup.py requirements.txt
-	@test -x $(VPY) || { echo "creating $(VENV) with $$(command -v $(PYTHON))"; $(PYTHON) -m venv $(VENV); }
+	@test -x $(VPY) || { \
+	  $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 8))' || \
+	    { echo "error: $(PYTHON) is older than Python 3.8; run 'make venv PYTHON=python3.11' (3.8-3.11)" >&2; exit 1; }; \
+	  $(PYTHON) -c 'import tkinter' 2>/dev/null || \
+	    { echo "error: $(PYTHON) has no tkinter, which Scipion imports; install it (Debian/Ubuntu: apt-get install python3-tk) or pick another python: make venv PYTHON=/path/to/python3" >&2; exit 1; }; \
+	  echo "creating $(VENV) with $$(command -v $(PYTHON))"; $(PYTHON) -m venv $(VENV); }
 	$(VPY) -m pip install -e '.[test]' mpich
 	@touch $(STAMP)
 

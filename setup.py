@@ -50,7 +50,8 @@ setup(
     license="GPLv3",
     packages=find_packages(exclude=["benchmarks", "benchmarks.*"]),
     include_package_data=True,
-    package_data={"cryoralign_plugin": ["protocols.conf", "*.png"]},
+    package_data={"cryoralign_plugin": ["protocols.conf", "*.png"],
+                  "cryoralign_plugin.engine": ["data/*.mrcs", "data/*.star", "data/*.json"]},
     python_requires=">=3.8",
     install_requires=_requirements(),
     extras_require={
