@@ -616,6 +616,8 @@ class ParticleStack:
         box = None
         box_from = None
         header_sizes = set()
+        max_local = np.full(len(stack_paths), -1, dtype=np.int64)
+        np.maximum.at(max_local, stack_of, local)
         for s, p in enumerate(stack_paths):
             tried, row = uniq_tried[s]
             if not os.path.exists(p):
@@ -634,8 +636,7 @@ class ParticleStack:
                 raise InputError("particle stacks have different box sizes: %s is %d x %d but %s is %d x %d; "
                                  "resample or re-extract all particles to one box size"
                                  % (box_from, box, box, p, nx, nx))
-            mine = local[stack_of == s]
-            hi = int(mine.max())
+            hi = int(max_local[s])
             if hi >= length:
                 row_bad = int(np.flatnonzero((stack_of == s) & (local >= length))[0])
                 raise InputError("row %d of %s: rlnImageName %s asks for image %d, but %s holds only %d image(s); "
@@ -777,23 +778,19 @@ class ParticleStack:
         else:
             stacks = self._stack_of[idx]
             locs = self._local[idx]
-            for s in np.unique(stacks):
-                where = np.flatnonzero(stacks == s)
-                loc = locs[where]
-                m = self._get(int(s))
+            order = np.lexsort((locs, stacks))          # group by stack, ascending index within it
+            cuts = np.flatnonzero(np.diff(stacks[order])) + 1
+            for group in np.split(order, cuts):
+                sl = locs[group]
+                m = self._get(int(stacks[group[0]]))
                 data = m.data if m.data.ndim == 3 else m.data[None]
-                order = np.argsort(loc, kind="stable")
-                sl = loc[order]
                 lo, hi = int(sl[0]), int(sl[-1])
-                if hi - lo + 1 <= 2 * sl.size:
-                    # dense: one sequential slice of the map, then pick
-                    block = data[lo:hi + 1]
-                    if hi - lo + 1 == sl.size and np.all(np.diff(sl) == 1):
-                        out[where[order]] = block
-                    else:
-                        out[where[order]] = block[sl - lo]
+                if hi - lo + 1 == sl.size and (sl.size == 1 or np.all(np.diff(sl) == 1)):
+                    out[group] = data[lo:hi + 1]        # contiguous: one sequential slice of the map
+                elif hi - lo + 1 <= 2 * sl.size:
+                    out[group] = data[lo:hi + 1][sl - lo]   # dense: read the span once, then pick
                 else:
-                    out[where[order]] = data[sl]
+                    out[group] = data[sl]
         if check_finite and not np.all(np.isfinite(out)):
             bad = ~np.all(np.isfinite(out.reshape(out.shape[0], -1)), axis=1)
             k = int(np.flatnonzero(bad)[0])
