@@ -1,22 +1,16 @@
 """Conversion tests: parameter conventions (vectors and images), STAR writing and reading."""
 import os
-import unittest
 
 import mrcfile
 import numpy as np
 from emtable import Table
 
-from pwem.constants import ALIGN_2D
 from pwem.convert.transformations import euler_from_matrix
 from pwem.objects import Particle, SetOfAverages, SetOfParticles, Transform
 from pyworkflow.tests import BaseTest, setupTestOutput
 
 from cryoralign_plugin import convert
-
-try:  # the engine's image module is being written; enable the image test once it exists
-    from cryoralign_plugin.engine.images import transform as engineTransform
-except ImportError:
-    engineTransform = None
+from cryoralign_plugin.engine.images import transform as engineTransform
 
 # relion tests/test_convert.py TestAlignment.test_isInverse: Xmipp psi=+20, Relion psi=-20.
 RELION_MATRIX = [[0.93969, 0.34202, 0.0, -6.8404],
@@ -97,7 +91,6 @@ class TestMatrices(BaseTest):
             self.assertEqual(xflip, mirror)
 
 
-@unittest.skipIf(engineTransform is None, "cryoralign_plugin.engine.images.transform not there yet")
 class TestImages(BaseTest):
     """An image transformed by the engine and by Xmipp from the Scipion matrix must agree."""
 
