@@ -1,0 +1,340 @@
+"""Form, steps and checks shared by the RFA and MRA protocols.
+
+``CryoralignProtBase`` is a mixin, not a Protocol, so Scipion never lists it as a protocol;
+each concrete protocol puts it first in its bases and fills the hooks marked below.
+"""
+import importlib.util
+import json
+import math
+import os
+import shlex
+import shutil
+from glob import glob
+
+import pyworkflow.protocol.params as params
+import pyworkflow.utils as pwutils
+from pwem.constants import ALIGN_2D
+from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
+
+from .. import Plugin
+from .. import convert
+from ..constants import CHECKPOINT_GLOB, ENGINE_DIR, INPUT_DIR, INPUT_STAR, OUT_HISTORY
+
+# Box size above which the engine gets slow and memory-hungry for no resolution gain in 2D.
+LARGE_BOX = 256
+
+
+def fittingRadius(box, shiftRange):
+    """Largest ring radius (px) whose shift search stays inside the box (the engine's guard)."""
+    return int(math.floor((box - 1) // 2 - 1 - shiftRange))
+
+
+def cudaAvailable():
+    """True when numba sees a usable CUDA device (or its simulator); never raises."""
+    try:
+        from numba import cuda
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+class CryoralignProtBase:
+    """Shared by CryoralignProtAlign2D (RFA) and CryoralignProtClassify2D (MRA)."""
+    _engineCommand = None  # 'rfa' or 'mra'
+
+    # --------------------------- DEFINE param functions ----------------------------------------
+    def _defineParams(self, form):
+        form.addSection(label='Input')
+        form.addParam('doContinue', params.BooleanParam, default=False,
+                      label='Continue a previous run?',
+                      help='Resume a run of this protocol from its last completed iteration '
+                           '(e.g. after a crash, a queue time limit, or to run more iterations). '
+                           'The input and the search settings are those of the run continued.')
+        form.addParam('continueRun', params.PointerParam, pointerClass=self.getClassName(),
+                      condition='doContinue', allowsNull=True, label='Run to continue',
+                      help='A finished, failed or aborted run of this same protocol.')
+        form.addParam('inputParticles', params.PointerParam, pointerClass='SetOfParticles',
+                      important=True, condition='not doContinue',
+                      label=pwutils.Message.LABEL_INPUT_PART,
+                      help='Square particle images. Stacks in MRC format are linked, not copied.')
+        form.addParam('usePriorAlignment', params.BooleanParam, default=False,
+                      condition='not doContinue', label='Start from the input alignment?',
+                      help='Use the 2D alignment stored in the input particles as the starting '
+                           'parameters instead of starting from zero.')
+        self._defineInputParams(form)
+
+        form.addSection(label='Alignment')
+        form.addParam('numberOfIterations', params.IntParam, default=10,
+                      validators=[params.Positive], label='Number of iterations',
+                      help='Iterations in total; when continuing, those already done count too.')
+        form.addParam('doAutoStop', params.BooleanParam, default=False,
+                      label='Stop when converged?',
+                      help='Stop before the last iteration once the averages stop improving.')
+        form.addParam('radius', params.IntParam, default=-1, condition='not doContinue',
+                      label='Particle radius (px)',
+                      help='Outer radius of the polar rings. -1 takes the largest radius for '
+                           'which rings plus shift search stay inside the box.')
+        form.addParam('maximumShift', params.FloatParam, default=3.0, condition='not doContinue',
+                      validators=[params.GE(0)], label='Shift search range (px)',
+                      help='Translations from -range to +range are tried in each iteration.')
+        form.addParam('shiftStep', params.FloatParam, default=1.0, condition='not doContinue',
+                      expertLevel=params.LEVEL_ADVANCED, label='Shift step (px)',
+                      help='Spacing of the trial shifts; sub-pixel steps are honoured. The '
+                           'cost grows with (2 range / step + 1)^2.')
+        form.addParam('firstRing', params.IntParam, default=1, condition='not doContinue',
+                      validators=[params.Positive], expertLevel=params.LEVEL_ADVANCED,
+                      label='First ring (px)', help='Innermost ring of the polar grid.')
+        form.addParam('ringStep', params.IntParam, default=1, condition='not doContinue',
+                      validators=[params.Positive], expertLevel=params.LEVEL_ADVANCED,
+                      label='Ring step (px)', help='Spacing of the polar rings.')
+        form.addParam('doMirror', params.BooleanParam, default=True, condition='not doContinue',
+                      label='Search mirrors?',
+                      help='Also try the mirrored particle; needed unless all views have the '
+                           'same handedness on the grid.')
+        self._defineAlignmentParams(form)
+
+        form.addSection(label='Compute')
+        form.addHidden(USE_GPU, params.BooleanParam, default=True,
+                       label='Use GPU for execution',
+                       help='This protocol has both CPU and GPU implementations.')
+        form.addHidden(GPU_LIST, params.StringParam, default='0',
+                       expertLevel=params.LEVEL_ADVANCED, label='Choose GPU IDs',
+                       help='GPU device ids, e.g. "0 1"; MPI rank i uses GPU ids[i % len(ids)].')
+        form.addParam('batchSize', params.IntParam, default=0, validators=[params.GE(0)],
+                      expertLevel=params.LEVEL_ADVANCED, label='Batch size (particles)',
+                      help='Particles processed at a time. 0 sizes batches from the free '
+                           'memory; lower it if a GPU runs out of memory.')
+        form.addParam('extraParams', params.StringParam, default='',
+                      expertLevel=params.LEVEL_ADVANCED, label='Additional engine arguments',
+                      help='Appended to the cryoralign-engine command line as they are.')
+        form.addParallelSection(threads=1, mpi=1)
+
+    def _defineInputParams(self, form):
+        """Hook: protocol-specific input parameters."""
+
+    def _defineAlignmentParams(self, form):
+        """Hook: protocol-specific alignment parameters."""
+
+    # --------------------------- INSERT steps functions ----------------------------------------
+    def _insertAllSteps(self):
+        self._insertFunctionStep(self.convertInputStep, self._getInputParticles().getObjId(),
+                                 needsGPU=False)
+        if self.doContinue:
+            self._insertFunctionStep(self.copyContinueStep, self.continueRun.get().getObjId(),
+                                     needsGPU=False)
+        self._insertFunctionStep(self.runEngineStep, self._getEngineArgs(),
+                                 needsGPU=self.usesGpu())
+        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
+
+    # --------------------------- STEPS functions -----------------------------------------------
+    def convertInputStep(self, inputId):
+        """Write the engine's STAR (stacks linked) and any references."""
+        pwutils.makePath(self._getInputPath())
+        src = self._getSourceRun()
+        n = convert.writeSetOfParticles(self._getInputParticles(), self._getInputPath(INPUT_STAR),
+                                        usePrior=src.usePriorAlignment.get())
+        self.info('Wrote %d particles to %s' % (n, self._getInputPath(INPUT_STAR)))
+        self._convertReferences(src)
+
+    def _convertReferences(self, src):
+        """Hook: write initial references for the engine."""
+
+    def copyContinueStep(self, continueId):
+        """Copy (not link: the engine rewrites them) the continued run's results and checkpoints."""
+        prevDir = self.continueRun.get()._getExtraPath(ENGINE_DIR)
+        if not os.path.isdir(prevDir):
+            raise FileNotFoundError('The run to continue has no engine output in %s.' % prevDir)
+        shutil.copytree(prevDir, self._getEnginePath(), symlinks=True, dirs_exist_ok=True)
+
+    def runEngineStep(self, args):
+        self.runJob(Plugin.getProgram(), args, env=Plugin.getEnviron())
+
+    # --------------------------- INFO functions ------------------------------------------------
+    def _validate(self):
+        if self.doContinue:
+            errors = self._validateContinue()
+            if errors:
+                return errors
+        parts = self._getInputParticles()
+        if parts is None:
+            return ['Choose the input particles.']
+        src = self._getSourceRun()
+        errors = []
+        xdim, ydim = (parts.getDim() or (0, 0, 1))[:2]
+        if xdim != ydim:
+            errors.append('The particles are %d x %d px: the engine needs square images. Extract '
+                          'or resize them to a square box.' % (xdim, ydim))
+        shift, radius = src.maximumShift.get(), self._getRadius()
+        limit = (xdim - 1) // 2 - 1
+        if radius + shift > limit:
+            errors.append('Particle radius %d px + shift range %g px does not fit in the %d px box '
+                          '(at most %d px): use a radius <= %d px or a smaller shift range.'
+                          % (radius, shift, xdim, limit, fittingRadius(xdim, shift)))
+        if radius < src.firstRing.get():
+            errors.append('The first ring (%d px) is beyond the particle radius (%d px): lower the '
+                          'first ring or enlarge the radius.' % (src.firstRing.get(), radius))
+        if src.shiftStep.get() <= 0 or (shift > 0 and src.shiftStep.get() > shift):
+            errors.append('The shift step must be > 0 and not larger than the shift range (%g px).'
+                          % shift)
+        if src.usePriorAlignment and parts.getAlignment() != ALIGN_2D:
+            errors.append('The input particles have no 2D alignment (alignment: %s): set "Start '
+                          'from the input alignment?" to No, or use 2D-aligned particles.'
+                          % parts.getAlignment())
+        errors += self._validateInput(src, parts)
+        errors += self._validateCompute()
+        return errors
+
+    def _validateInput(self, src, parts):
+        """Hook: protocol-specific input checks (returns error sentences)."""
+        return []
+
+    def _validateContinue(self):
+        prev = self.continueRun.get()
+        if prev is None:
+            return ['Choose the run to continue.']
+        if prev.getObjId() == self.getObjId():
+            return ['A run cannot continue itself: copy it into a new run and choose this run '
+                    'as the run to continue.']
+        if prev.getClassName() != self.getClassName():
+            return ['The run to continue is a %s run; only a %s run can be continued here.'
+                    % (prev.getClassName(), self.getClassName())]
+        if not glob(os.path.join(prev._getExtraPath(ENGINE_DIR), CHECKPOINT_GLOB)):
+            return ['Run %s has no completed iteration to continue from: run it anew instead.'
+                    % prev.getRunName()]
+        return []
+
+    def _validateCompute(self):
+        errors = []
+        if self.usesGpu() and not self.useQueue() and not cudaAvailable():
+            errors.append('GPU execution was requested but no usable CUDA GPU was found here: '
+                          'set "Use GPU" to No to run on the CPU, or check the NVIDIA driver.')
+        if self.numberOfMpi.get() > 1:
+            if importlib.util.find_spec('mpi4py') is None:
+                errors.append('MPI needs mpi4py: install it with `pip install mpi4py mpich` in '
+                              "Scipion's python, or use 1 MPI process.")
+            elif not shutil.which('mpirun', path=Plugin.getEnviron().get('PATH')):
+                errors.append('mpirun was not found on the PATH: install an MPI (e.g. `pip install '
+                              'mpich`) or use 1 MPI process.')
+        return errors
+
+    def _warnings(self):
+        parts = self._getInputParticles()
+        if parts is None or parts.getDim() is None:
+            return []
+        warnings = []
+        box, n = parts.getXDim(), parts.getSize()
+        if box > LARGE_BOX:
+            warnings.append('The particles are %d px: alignment time grows with the box size and '
+                            '2D classes rarely need more than ~128 px. Consider downsampling; the '
+                            'particles alone take %.1f GB (N x box^2 x 4 bytes).'
+                            % (box, n * box * box * 4 / 1024 ** 3))
+        gpus = self.getGpuList() if self.usesGpu() else []
+        if gpus and self.numberOfMpi.get() > len(gpus):
+            warnings.append('%d MPI processes share %d GPU(s): process i uses GPU %s[i %% %d].'
+                            % (self.numberOfMpi.get(), len(gpus), gpus, len(gpus)))
+        return warnings
+
+    def _summary(self):
+        history = self._readHistory()
+        if not history or not self.hasAttribute(self._mainOutput()):
+            return ['Output not ready yet.' + (' %d iteration(s) done.' % len(history)
+                                              if history else '')]
+        lines = ['Input particles: %s' % self.getObjectTag(self._getInputPointer().get()),
+                 'Iterations run: *%d*; mean score in the last one: %.3f.'
+                 % (len(history), history[-1].get('mean_score', float('nan')))]
+        if self.doContinue:
+            lines.append('Continued from run %s.' % self.continueRun.get().getRunName())
+        return lines + self._summaryOutput()
+
+    def _summaryOutput(self):
+        """Hook: lines about the outputs."""
+        return []
+
+    def _methods(self):
+        if not self.hasAttribute(self._mainOutput()):
+            return []
+        src = self._getSourceRun()
+        return ['%s with cryoralign [Chung2020], which resamples images to polar coordinates as '
+                'SPARX does [Hohn2007] [Tang2007]: rings %d-%d px in steps of %d, a shift search of '
+                '+-%g px in %g px steps, %s and %d iterations.'
+                % (self._methodsSentence(), src.firstRing.get(), self._getRadius(),
+                   src.ringStep.get(), src.maximumShift.get(), src.shiftStep.get(),
+                   'with mirrors' if src.doMirror else 'without mirrors',
+                   len(self._readHistory()) or self.numberOfIterations.get())]
+
+    def _methodsSentence(self):
+        """Hook: the first part of the methods sentence."""
+        raise NotImplementedError
+
+    # --------------------------- UTILS functions -----------------------------------------------
+    def _mainOutput(self):
+        return next(iter(self._possibleOutputs.__members__))
+
+    def _getSourceRun(self):
+        """The run whose input and search settings apply (the first of a chain of continues)."""
+        run = self
+        while run.doContinue and run.continueRun.get() is not None:
+            run = run.continueRun.get()
+        return run
+
+    def _getInputPointer(self):
+        return self._getSourceRun().inputParticles
+
+    def _getInputParticles(self):
+        return self._getInputPointer().get()
+
+    def _getInputPath(self, *paths):
+        return self._getExtraPath(INPUT_DIR, *paths)
+
+    def _getEnginePath(self, *paths):
+        return self._getExtraPath(ENGINE_DIR, *paths)
+
+    def _getRadius(self):
+        src = self._getSourceRun()
+        if src.radius.get() > 0:
+            return src.radius.get()
+        box = self._getInputParticles().getXDim()
+        return min(box // 2 - 2, fittingRadius(box, src.maximumShift.get()))
+
+    def _getEngineArgs(self):
+        """The engine command line (a string; %(GPU)s is filled in by Scipion)."""
+        src = self._getSourceRun()
+        args = [self._engineCommand,
+                '--particles', self._getInputPath(INPUT_STAR), '--out', self._getEnginePath(),
+                '--radius', self._getRadius(), '--first-ring', src.firstRing.get(),
+                '--ring-step', src.ringStep.get(), '--shift-range', src.maximumShift.get(),
+                '--shift-step', src.shiftStep.get(), '--iterations', self.numberOfIterations.get(),
+                '--threads', max(1, self.numberOfThreads.get())]
+        flags = [(not src.doMirror, '--no-mirror'), (self.doAutoStop, '--auto-stop'),
+                 (src.usePriorAlignment, '--use-prior'), (self.doContinue, '--continue')]
+        args += [flag for on, flag in flags if on]
+        args += self._getMethodArgs(src)
+        if self.batchSize.get() > 0:
+            args += ['--batch-size', self.batchSize.get()]
+        args = [shlex.quote(str(a)) for a in args]
+        if self.extraParams.get():
+            args.append(self.extraParams.get().strip())
+        if self.usesGpu():
+            # runJob %-formats the arguments to fill in %(GPU)s: escape any literal '%'.
+            return ' '.join(a.replace('%', '%%') for a in args) + ' --backend cuda --gpu "%(GPU)s"'
+        return ' '.join(args) + ' --backend cpu'
+
+    def _getMethodArgs(self, src):
+        """Hook: protocol-specific engine arguments."""
+        return []
+
+    def _readHistory(self):
+        try:
+            with open(self._getEnginePath(OUT_HISTORY)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return []
+
+    def _requireEngineOutputs(self, *names):
+        """The paths of engine outputs, or a clear error if the engine did not write them."""
+        paths = [self._getEnginePath(n) for n in names]
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise FileNotFoundError('The engine did not write %s: see the engine messages in this '
+                                    "run's log." % ', '.join(missing))
+        return paths

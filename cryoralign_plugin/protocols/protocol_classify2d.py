@@ -1,0 +1,119 @@
+"""Multireference 2D alignment and classification (MRA) with the cryoralign engine."""
+from enum import Enum
+
+import pyworkflow.protocol.params as params
+from pwem.objects import SetOfClasses2D
+from pwem.protocols import ProtClassify2D
+from pyworkflow.constants import BETA
+
+from .. import convert
+from ..constants import (MRA, OUT_CLASSES_STACK, OUT_CLASSES_STAR, OUT_PARTICLES,
+                         REFERENCES_STACK)
+from .protocol_base import CryoralignProtBase
+
+
+class outputs(Enum):
+    outputClasses = SetOfClasses2D
+
+
+class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
+    """2D classification by multireference alignment with polar resampling (Cryo-RALib / SPARX
+    mref_ali2d), on GPU or CPU.
+
+    Each iteration aligns every particle to every class average (rotation, shift, mirror),
+    assigns it to the best one and rebuilds the averages. Starts from random particles or from
+    given references. Output: 2D classes with their averages and the aligned particles.
+    """
+    _label = '2D classification (multireference)'
+    _devStatus = BETA
+    _possibleOutputs = outputs
+    _engineCommand = MRA
+
+    def _defineInputParams(self, form):
+        form.addParam('useReferences', params.BooleanParam, default=False,
+                      condition='not doContinue', label='Start from given references?',
+                      help='No: the initial references are random particles. Yes: use the '
+                           'images of a set of averages, classes or particles.')
+        form.addParam('numberOfClasses', params.IntParam, default=10, validators=[params.Positive],
+                      condition='not doContinue and not useReferences', label='Number of classes')
+        form.addParam('inputReferences', params.PointerParam,
+                      pointerClass='SetOfAverages, SetOfClasses2D, SetOfParticles',
+                      condition='not doContinue and useReferences', allowsNull=True,
+                      label='Initial references',
+                      help='One class per image (class averages for a set of classes); same box '
+                           'size as the particles.')
+
+    def _defineAlignmentParams(self, form):
+        form.addParam('minMembers', params.IntParam, default=4, validators=[params.GE(0)],
+                      condition='not doContinue', expertLevel=params.LEVEL_ADVANCED,
+                      label='Minimum class size',
+                      help='A class with fewer members is re-seeded from a random particle.')
+        form.addParam('seed', params.IntParam, default=1000, condition='not doContinue',
+                      expertLevel=params.LEVEL_ADVANCED, label='Random seed',
+                      help='Seeds the choice of random initial references; the same seed and input '
+                           'give the same classes.')
+
+    def _convertReferences(self, src):
+        if src.useReferences:
+            n = convert.writeReferences(src.inputReferences.get(), self._getInputPath(REFERENCES_STACK))
+            self.info('Wrote %d initial references.' % n)
+
+    def _getMethodArgs(self, src):
+        if src.useReferences:
+            args = ['--references', self._getInputPath(REFERENCES_STACK)]
+        else:
+            args = ['--classes', src.numberOfClasses.get(), '--seed', src.seed.get()]
+        return args + ['--min-members', src.minMembers.get()]
+
+    def _validateInput(self, src, parts):
+        n = parts.getSize()
+        if not src.useReferences:
+            if src.numberOfClasses.get() > n:
+                return ['%d classes were requested for only %d particles: ask for fewer classes.'
+                        % (src.numberOfClasses.get(), n)]
+            return []
+        refs = src.inputReferences.get()
+        if refs is None:
+            return ['Choose the initial references, or set "Start from given references?" to No.']
+        errors = []
+        refDim, partDim = convert.referenceDim(refs), (parts.getXDim(), parts.getDim()[1])
+        if refDim != partDim:
+            errors.append('The references are %s px but the particles %s px: resize one of them.'
+                          % ('x'.join(map(str, refDim or ('?',))), 'x'.join(map(str, partDim))))
+        if not 0 < convert.referenceCount(refs) <= n:
+            errors.append('There are %d references for %d particles: give between 1 and %d.'
+                          % (convert.referenceCount(refs), n, n))
+        return errors
+
+    def createOutputStep(self):
+        partsFn, _, _ = self._requireEngineOutputs(OUT_PARTICLES, OUT_CLASSES_STAR, OUT_CLASSES_STACK)
+        results = convert.EngineParticles(partsFn)
+        engineClasses = convert.readEngineClasses(self._getEnginePath())
+        samplingRate = self._getInputParticles().getSamplingRate()
+
+        classes = self._createSetOfClasses2D(self._getInputPointer())
+        classes.classifyItems(
+            updateItemCallback=lambda item, _: results.updateParticle(item, withClass=True),
+            updateClassCallback=lambda cls: convert.updateClass2D(
+                cls, engineClasses[cls.getObjId()], samplingRate))
+        self._defineOutputs(**{outputs.outputClasses.name: classes})
+        self._defineSourceRelation(self._getInputPointer(), classes)
+
+    def _summaryOutput(self):
+        classes = getattr(self, outputs.outputClasses.name)
+        lines = ['Classified into *%d* classes.' % classes.getSize()]
+        src = self._getSourceRun()
+        if not src.useReferences and classes.getSize() < src.numberOfClasses.get():
+            lines.append('%d of the %d classes requested ended up empty.'
+                         % (src.numberOfClasses.get() - classes.getSize(), src.numberOfClasses.get()))
+        return lines
+
+    def _methodsSentence(self):
+        src = self._getSourceRun()
+        start = ('given references' if src.useReferences
+                 else '%d random particles' % src.numberOfClasses.get())
+        return ('We classified %d particles by multireference alignment [vanHeel1985] starting from '
+                '%s' % (self._getInputParticles().getSize(), start))
+
+    def _citations(self):
+        return ['Chung2020', 'vanHeel1985', 'Yang2012', 'Hohn2007', 'Tang2007']
