@@ -1,0 +1,273 @@
+"""Scipion integration: plugin discovery, protocol forms and validation, and full runs
+(import -> RFA / MRA with 1 and 2 MPI processes -> continue) checked against ground truth."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import mrcfile
+import numpy as np
+from emtable import Table
+
+from pwem import Domain
+from pwem.protocols import ProtImportParticles
+from pyworkflow.tests import BaseTest, DataSet, setupTestProject
+
+from cryoralign_plugin import Plugin
+from cryoralign_plugin.convert import geometryFromMatrix2D
+from cryoralign_plugin.engine.geometry import params_to_matrix
+from cryoralign_plugin.protocols import CryoralignProtAlign2D, CryoralignProtClassify2D
+from cryoralign_plugin.protocols.protocol_base import cudaAvailable, fittingRadius
+
+try:
+    import pytest
+    slow = pytest.mark.slow
+except ImportError:  # run by Scipion's own test runner
+    def slow(cls):
+        return cls
+
+BOX, N_PARTICLES, SAMPLING = 48, 60, 2.0
+# One single-class set for RFA and one 3-class set for MRA, generated locally (never downloaded).
+SETS = {"rfa": dict(n_classes=1, snr=2.0, seed=11), "mra": dict(n_classes=3, snr=2.0, seed=12)}
+DataSet(name="cryoralign_tiny", folder="cryoralign_tiny_v1",
+        files={key: os.path.join(key, "particles.mrcs") for key in SETS})
+
+
+def getTinyDataSet():
+    """The tiny synthetic data set, generated with the engine's synthetic module if missing."""
+    from cryoralign_plugin.engine.synthetic import make_dataset
+    ds = DataSet.getDataSet("cryoralign_tiny")
+    for key, kw in SETS.items():
+        final = os.path.dirname(ds.getFile(key))
+        if os.path.exists(os.path.join(final, "truth.star")):
+            continue
+        os.makedirs(ds.getPath(), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=key + ".", dir=ds.getPath())
+        make_dataset(tmp, n_particles=N_PARTICLES, box=BOX, **kw)
+        try:
+            os.rename(tmp, final)   # atomic: a concurrent run may have made it already
+        except OSError:
+            pass
+    return ds
+
+
+def readTruth(particlesFile):
+    """``{stack index: (class 1-based, engine params)}`` from the truth.star next to the stack."""
+    fn = os.path.join(os.path.dirname(particlesFile), "truth.star")
+    return {r.rlnImageId: (r.rlnClassNumber, (r.rlnAnglePsi, r.rlnOriginX, r.rlnOriginY, r.rlnIsFlip))
+            for r in Table.iterRows(fn, tableName="truth")}
+
+
+def alignmentAccuracy(particles, truth, angleTol=6.0, shiftTol=1.5):
+    """Fraction of particles whose found alignment matches the truth up to one rigid motion.
+
+    A class average may sit in any orientation, so the found parameters equal the true ones
+    composed with one motion ``G`` per class: ``found_i = G truth_i``.  ``G`` is taken as the
+    per-particle estimate with the most agreeing neighbours.
+    """
+    byClass = {}
+    for part in particles:
+        found = geometryFromMatrix2D(part.getTransform().getMatrix())
+        g = params_to_matrix([found])[0] @ np.linalg.inv(params_to_matrix([truth[part.getIndex()][1]])[0])
+        byClass.setdefault(part.getClassId() or 1, []).append(g)
+    good = total = 0
+    for gs in byClass.values():
+        gs = np.array(gs)
+        close = np.array([[_motionClose(a, b, angleTol, shiftTol) for b in gs] for a in gs])
+        ref = gs[np.argmax(close.sum(axis=1))]
+        good += sum(_motionClose(ref, g, angleTol, shiftTol) for g in gs)
+        total += len(gs)
+    return good / total
+
+
+def _motionClose(a, b, angleTol, shiftTol):
+    d = np.linalg.inv(a) @ b
+    if np.linalg.det(d[:2, :2]) < 0:
+        return False
+    angle = abs(np.degrees(np.arctan2(d[0, 1], d[0, 0])))
+    return angle <= angleTol and np.hypot(d[0, 2], d[1, 2]) <= shiftTol
+
+
+def importParticles(test, key):
+    ds = getTinyDataSet()
+    imp = test.newProtocol(ProtImportParticles, importFrom=ProtImportParticles.IMPORT_FROM_FILES,
+                           filesPath=os.path.dirname(ds.getFile(key)), filesPattern="particles.mrcs",
+                           samplingRate=SAMPLING)
+    test.launchProtocol(imp)
+    return imp, readTruth(ds.getFile(key))
+
+
+class TestPlugin(unittest.TestCase):
+    """Discovery by Scipion, and an engine that stays free of Scipion."""
+
+    def test_engineImportIsStandalone(self):
+        code = ("import cryoralign_plugin.engine, sys; "
+                "assert 'pwem' not in sys.modules and 'pyworkflow' not in sys.modules")
+        subprocess.run([sys.executable, "-c", code], check=True)
+
+    def test_domainFindsPlugin(self):
+        self.assertIn("cryoralign_plugin", Domain.getPlugins())
+        self.assertIs(Domain.findClass("CryoralignProtAlign2D"), CryoralignProtAlign2D)
+        self.assertIs(Domain.findClass("CryoralignProtClassify2D"), CryoralignProtClassify2D)
+        self.assertNotIn("CryoralignProtBase", Domain.getProtocols())
+        self.assertEqual(Domain.getPluginModule("cryoralign_plugin")._pluginInstance.getName(),
+                         "cryoralign_plugin")
+
+    def test_installation(self):
+        self.assertEqual(Plugin.validateInstallation(), [])
+        path = Plugin.getEnviron()["PATH"].split(os.pathsep)
+        self.assertEqual(path[0], os.path.dirname(Plugin.getProgram()))
+
+    def test_defaultRadiusFitsEngineGuard(self):
+        from cryoralign_plugin.engine.errors import InputError
+        from cryoralign_plugin.engine.geometry import polar_grid
+        from cryoralign_plugin.engine.search import check_geometry
+        for box, shift in [(48, 3.0), (64, 2.5), (75, 0.0), (128, 6.0)]:
+            radius = fittingRadius(box, shift)
+            check_geometry(box, polar_grid(radius), shift)
+            with self.assertRaises(InputError):
+                check_geometry(box, polar_grid(radius + 1), shift)
+
+
+class TestForms(BaseTest):
+    """Validation messages and the engine command line, without running the engine."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        cls.imp, _ = importParticles(cls, "mra")
+
+    def newClassify(self, **kwargs):
+        kwargs.setdefault("useGpu", False)
+        return self.newProtocol(CryoralignProtClassify2D, inputParticles=self.imp.outputParticles,
+                                **kwargs)
+
+    def assertError(self, prot, text):
+        errors = prot.validate()
+        self.assertTrue(any(text in e for e in errors), "%r not in %s" % (text, errors))
+
+    def test_defaultsAreValid(self):
+        self.assertEqual(self.newClassify(numberOfClasses=3).validate(), [])
+        self.assertEqual(self.newProtocol(CryoralignProtAlign2D, useGpu=False,
+                                          inputParticles=self.imp.outputParticles).validate(), [])
+
+    def test_radiusAndShiftMustFitTheBox(self):
+        self.assertError(self.newClassify(radius=21, maximumShift=3), "use a radius <= 19 px")
+
+    def test_moreClassesThanParticles(self):
+        self.assertError(self.newClassify(numberOfClasses=N_PARTICLES + 1), "ask for fewer classes")
+
+    def test_referencesMustMatchTheBox(self):
+        self.assertError(self.newClassify(useReferences=True), "Choose the initial references")
+
+    def test_priorNeedsAlignment(self):
+        self.assertError(self.newClassify(usePriorAlignment=True), "no 2D alignment")
+
+    @unittest.skipIf(cudaAvailable(), "a CUDA device is available here")
+    def test_gpuWithoutCuda(self):
+        self.assertError(self.newClassify(useGpu=True), 'set "Use GPU" to No')
+
+    def test_continueMisuse(self):
+        prot = self.newClassify(doContinue=True)
+        self.assertError(prot, "Choose the run to continue")
+        self.proj.saveProtocol(prot)
+        prot.continueRun.set(prot)
+        self.assertError(prot, "cannot continue itself")
+        other = self.newProtocol(CryoralignProtAlign2D, inputParticles=self.imp.outputParticles)
+        self.proj.saveProtocol(other)
+        prot.continueRun.set(other)
+        self.assertError(prot, "only a CryoralignProtClassify2D run can be continued")
+        notRun = self.newClassify()
+        self.proj.saveProtocol(notRun)
+        prot.continueRun.set(notRun)
+        self.assertError(prot, "has no completed iteration")
+
+    def test_engineArguments(self):
+        args = self.newClassify(numberOfClasses=3, seed=5, numberOfThreads=2)._getEngineArgs()
+        for part in ("mra --particles", "--classes 3 --seed 5", "--radius 19", "--threads 2",
+                     "--backend cpu"):
+            self.assertIn(part, args)
+        self.assertNotIn("--gpu", args)
+        self.assertNotIn("--no-mirror", args)
+        self.assertIn("--no-mirror", self.newClassify(doMirror=False)._getEngineArgs())
+        gpu = self.newClassify(useGpu=True, gpuList="0 1", extraParams="--verbose 100%")
+        args = gpu._getEngineArgs()
+        self.assertTrue(args.endswith('--backend cuda --gpu "%(GPU)s"'), args)
+        self.assertIn("--verbose 100% --backend cuda", args % {"GPU": "0 1"})
+
+
+@slow
+class TestRuns(BaseTest):
+    """Full runs through Scipion: sizes, classes, alignment and accuracy against the truth."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        cls.rfaImport, cls.rfaTruth = importParticles(cls, "rfa")
+        cls.mraImport, cls.mraTruth = importParticles(cls, "mra")
+
+    def runAlign(self, mpi):
+        prot = self.newProtocol(CryoralignProtAlign2D, objLabel="rfa mpi %d" % mpi, useGpu=False,
+                                inputParticles=self.rfaImport.outputParticles,
+                                numberOfIterations=6, numberOfMpi=mpi)
+        return self.launchProtocol(prot)
+
+    def runClassify(self, mpi, **kwargs):
+        kwargs.setdefault("inputParticles", self.mraImport.outputParticles)
+        prot = self.newProtocol(CryoralignProtClassify2D, objLabel="mra mpi %d" % mpi, useGpu=False,
+                                numberOfClasses=3, numberOfIterations=6, numberOfMpi=mpi, **kwargs)
+        return self.launchProtocol(prot)
+
+    def checkAverage(self, image):
+        index, fn = image.getLocation()
+        self.assertAlmostEqual(image.getSamplingRate(), SAMPLING)
+        with mrcfile.open(fn, permissive=False) as mrc:
+            data = mrc.data[index - 1]
+        self.assertEqual(data.shape, (BOX, BOX))
+        self.assertTrue(np.isfinite(data).all() and data.std() > 0)
+
+    def checkAlign(self, prot):
+        parts = prot.outputParticles
+        self.assertSetSize(parts, N_PARTICLES)
+        self.assertTrue(parts.hasAlignment2D())
+        self.assertAlmostEqual(parts.getSamplingRate(), SAMPLING)
+        self.checkAverage(prot.outputAverage)
+        self.assertGreaterEqual(alignmentAccuracy(parts, self.rfaTruth), 0.9)
+
+    def checkClassify(self, prot):
+        classes = prot.outputClasses
+        self.assertSetSize(classes, 3)
+        self.assertAlmostEqual(classes.getSamplingRate(), SAMPLING)
+        members, purity = 0, 0
+        for cls in classes.iterItems():
+            self.assertTrue(cls.hasAlignment2D())
+            self.checkAverage(cls.getRepresentative())
+            self.assertGreater(cls._cryoralignResolution.get(), 0)
+            true = [self.mraTruth[p.getIndex()][0] for p in cls]
+            members += len(true)
+            purity += np.bincount(true).max()
+        self.assertEqual(members, N_PARTICLES)
+        self.assertGreaterEqual(purity / members, 0.9)
+        particles = [p.clone() for cls in classes.iterItems() for p in cls]
+        self.assertGreaterEqual(alignmentAccuracy(particles, self.mraTruth), 0.9)
+
+    def test_align(self):
+        for mpi in (1, 2):
+            with self.subTest(mpi=mpi):
+                self.checkAlign(self.runAlign(mpi))
+
+    def test_classify(self):
+        for mpi in (1, 2):
+            with self.subTest(mpi=mpi):
+                self.checkClassify(self.runClassify(mpi))
+
+    def test_continue(self):
+        first = self.runClassify(1, numberOfIterations=2)
+        again = self.runClassify(1, doContinue=True, continueRun=first, numberOfIterations=4)
+        with open(again._getExtraPath("engine", "history.json")) as f:
+            self.assertEqual(len(json.load(f)), 4)
+        self.checkClassify(again)
+        with open(first._getExtraPath("engine", "history.json")) as f:
+            self.assertEqual(len(json.load(f)), 2)   # the continued run is left untouched
