@@ -215,9 +215,10 @@ class TestRuns(BaseTest):
         return self.launchProtocol(prot)
 
     def runClassify(self, mpi, **kwargs):
-        kwargs.setdefault("inputParticles", self.mraImport.outputParticles)
-        prot = self.newProtocol(CryoralignProtClassify2D, objLabel="mra mpi %d" % mpi, useGpu=False,
-                                numberOfClasses=3, numberOfIterations=6, numberOfMpi=mpi, **kwargs)
+        params = dict(objLabel="mra mpi %d" % mpi, useGpu=False, numberOfMpi=mpi, numberOfClasses=3,
+                      numberOfIterations=6, inputParticles=self.mraImport.outputParticles)
+        params.update(kwargs)
+        prot = self.newProtocol(CryoralignProtClassify2D, **params)
         return self.launchProtocol(prot)
 
     def checkAverage(self, image):
