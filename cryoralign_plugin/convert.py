@@ -176,7 +176,7 @@ def writeReferences(refSet, stackFile):
     stack = np.stack([d.reshape(d.shape[-2:]) for d in data])
     with mrcfile.new(stackFile, overwrite=True) as mrc:
         mrc.set_data(stack)
-        mrc.header.ispg = 0  # an image stack, not a volume
+        mrc.set_image_stack()
         mrc.voxel_size = refSet.getSamplingRate() or 1.0
     return len(stack)
 

@@ -10,6 +10,7 @@ from pwem.objects import Particle, SetOfAverages, SetOfParticles, Transform
 from pyworkflow.tests import BaseTest, setupTestOutput
 
 from cryoralign_plugin import convert
+from cryoralign_plugin.engine import io as engineIO
 from cryoralign_plugin.engine.images import transform as engineTransform
 
 # relion tests/test_convert.py TestAlignment.test_isInverse: Xmipp psi=+20, Relion psi=-20.
@@ -204,17 +205,21 @@ class TestStar(BaseTest):
             np.testing.assert_array_equal(mrc.data[3], self.data[3])
         with mrcfile.open(os.path.join(inputDir, "single.mrcs")) as mrc:
             np.testing.assert_array_equal(mrc.data.reshape(16, 16), self.single)
+        # The engine reads it as written: ids, pixel size, images through the links.
+        stack = engineIO.ParticleStack.from_star(star)
+        self.assertEqual(list(stack.ids), [1, 2, 4, 5, 6])
+        self.assertEqual((stack.box, stack.pixel_size, stack.prior), (16, 2.5, None))
+        np.testing.assert_array_equal(stack.read([2, 4]), np.stack([self.data[3], self.single]))
 
     def test_writePrior(self):
         partSet = self.makeSet("aligned", withAlignment=True)
         star = self.getOutputPath("aligned", "particles.star")
         convert.writeSetOfParticles(partSet, star, usePrior=True)
-        for row in Table.iterRows(star, tableName="particles"):
-            psi, sx, sy, mirror = self.params[row.rlnImageId]
-            self.assertLess(angleDiff(row.rlnAnglePsi, psi), 1e-4)
-            self.assertAlmostEqual(row.rlnOriginX, sx, places=5)
-            self.assertAlmostEqual(row.rlnOriginY, sy, places=5)
-            self.assertEqual(row.rlnIsFlip, int(mirror))
+        stack = engineIO.ParticleStack.from_star(star)
+        for objId, prior in zip(stack.ids, stack.prior):
+            psi, sx, sy, mirror = self.params[objId]
+            self.assertLess(angleDiff(prior[0], psi), 1e-4)
+            np.testing.assert_allclose(prior[1:], [sx, sy, mirror], atol=1e-5)
 
     def test_priorNeeds2DAlignment(self):
         partSet = self.makeSet("unaligned")
@@ -222,25 +227,21 @@ class TestStar(BaseTest):
             convert.writeSetOfParticles(partSet, self.getOutputPath("x", "p.star"), usePrior=True)
 
     def writeEngineOutput(self, outDir, ids, params, classes):
-        """What the engine writes (contract): particles.star, classes.star, classes.mrcs."""
+        """The engine's output files (contract), written with the engine's own writers."""
         os.makedirs(outDir, exist_ok=True)
-        parts = Table(columns=["rlnImageId", "rlnImageName", "rlnClassNumber", "rlnAnglePsi",
-                               "rlnOriginX", "rlnOriginY", "rlnIsFlip", "rlnCryoralignScore"])
-        for i, objId in enumerate(ids):
-            psi, sx, sy, mirror = params[i]
-            parts.addRow(objId, "%06d@parts.mrcs" % objId, int(classes[i]), psi, sx, sy,
-                         int(mirror), 0.5 + 0.01 * i)
-        parts.write(os.path.join(outDir, "particles.star"), tableName="particles")
+        rows = [(objId, "%06d@parts.mrcs" % objId, int(classes[i])) + tuple(params[i][:3])
+                + (int(params[i][3]), 0.5 + 0.01 * i) for i, objId in enumerate(ids)]
+        engineIO.write_star(os.path.join(outDir, "particles.star"), {"particles": (
+            ["rlnImageId", "rlnImageName", "rlnClassNumber", "rlnAnglePsi", "rlnOriginX",
+             "rlnOriginY", "rlnIsFlip", "rlnCryoralignScore"], rows)})
         k = int(max(classes))
-        with mrcfile.new(os.path.join(outDir, "classes.mrcs")) as mrc:
-            mrc.set_data(np.zeros((k, 16, 16), np.float32))
-        table = Table(columns=["rlnReferenceImage", "rlnClassNumber", "rlnClassSize",
-                               "rlnClassDistribution", "rlnEstimatedResolution",
-                               "rlnCryoralignMeanScore"])
-        for c in range(1, k + 1):
-            size = int(np.sum(np.asarray(classes) == c))
-            table.addRow("%06d@classes.mrcs" % c, c, size, size / len(ids), 12.5 + c, 0.4 + c / 10)
-        table.write(os.path.join(outDir, "classes.star"), tableName="classes")
+        engineIO.write_stack(os.path.join(outDir, "classes.mrcs"), np.zeros((k, 16, 16)))
+        sizes = [int(np.sum(np.asarray(classes) == c)) for c in range(1, k + 1)]
+        engineIO.write_star(os.path.join(outDir, "classes.star"), {"classes": (
+            ["rlnReferenceImage", "rlnClassNumber", "rlnClassSize", "rlnClassDistribution",
+             "rlnEstimatedResolution", "rlnCryoralignMeanScore"],
+            [("%06d@classes.mrcs" % c, c, sizes[c - 1], sizes[c - 1] / len(ids), 12.5 + c,
+              0.4 + c / 10) for c in range(1, k + 1)])})
 
     def test_readEngineOutput(self):
         outDir = self.getOutputPath("engine_out")
