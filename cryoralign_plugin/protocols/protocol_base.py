@@ -293,8 +293,7 @@ class CryoralignProtBase:
         src = self._getSourceRun()
         if src.radius.get() > 0:
             return src.radius.get()
-        box = self._getInputParticles().getXDim()
-        return min(box // 2 - 2, fittingRadius(box, src.maximumShift.get()))
+        return fittingRadius(self._getInputParticles().getXDim(), src.maximumShift.get())
 
     def _getEngineArgs(self):
         """The engine command line (a string; %(GPU)s is filled in by Scipion)."""

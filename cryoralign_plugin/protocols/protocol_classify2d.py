@@ -44,11 +44,11 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
                            'size as the particles.')
 
     def _defineAlignmentParams(self, form):
-        form.addParam('minMembers', params.IntParam, default=4, validators=[params.GE(0)],
-                      condition='not doContinue', expertLevel=params.LEVEL_ADVANCED,
-                      label='Minimum class size',
-                      help='A class with fewer members is re-seeded from a random particle.')
-        form.addParam('seed', params.IntParam, default=1000, condition='not doContinue',
+        form.addParam('minMembers', params.IntParam, default=-1, condition='not doContinue',
+                      expertLevel=params.LEVEL_ADVANCED, label='Minimum class size',
+                      help='A class with fewer members takes over the worse-fitting half of '
+                           'the largest class. -1: automatic, N / (4 K) but at least 2.')
+        form.addParam('seed', params.IntParam, default=0, condition='not doContinue',
                       expertLevel=params.LEVEL_ADVANCED, label='Random seed',
                       help='Seeds the choice of random initial references; the same seed and input '
                            'give the same classes.')
@@ -63,7 +63,9 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
             args = ['--references', self._getInputPath(REFERENCES_STACK)]
         else:
             args = ['--classes', src.numberOfClasses.get(), '--seed', src.seed.get()]
-        return args + ['--min-members', src.minMembers.get()]
+        if src.minMembers.get() >= 0:
+            args += ['--min-members', src.minMembers.get()]
+        return args
 
     def _validateInput(self, src, parts):
         n = parts.getSize()
