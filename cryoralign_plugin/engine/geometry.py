@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
+
 PSI, SX, SY, MIRROR = 0, 1, 2, 3
 
 
@@ -51,9 +53,9 @@ def ring_length(radius):
 def polar_grid(radius, first_ring=1, ring_step=1):
     """The SPARX full-circle grid for rings ``first_ring..radius`` in steps of ``ring_step``."""
     if first_ring < 1 or ring_step < 1:
-        raise ValueError("first ring and ring step must be >= 1 (got %s, %s)" % (first_ring, ring_step))
+        raise InputError("first ring and ring step must be >= 1 (got %s, %s)" % (first_ring, ring_step))
     if first_ring > radius:
-        raise ValueError("first ring (%d) is larger than the radius (%d): choose a first ring <= radius"
+        raise InputError("first ring (%d) is larger than the radius (%d): choose a first ring <= radius"
                          % (first_ring, radius))
     radii = np.arange(first_ring, radius + 1, ring_step, dtype=np.int32)
     lengths = np.array([ring_length(r) for r in radii], dtype=np.int32)
@@ -121,9 +123,9 @@ def shift_grid(shift_range, shift_step):
     The zero shift is always included; the grid is symmetric about it.
     """
     if shift_step <= 0:
-        raise ValueError("shift step must be > 0 (got %s)" % shift_step)
+        raise InputError("shift step must be > 0 (got %s)" % shift_step)
     if shift_range < 0:
-        raise ValueError("shift range must be >= 0 (got %s)" % shift_range)
+        raise InputError("shift range must be >= 0 (got %s)" % shift_range)
     k = int(np.floor(shift_range / shift_step + 1e-9))
     axis = np.arange(-k, k + 1) * float(shift_step)
     ty, tx = np.meshgrid(axis, axis, indexing="ij")

@@ -1,0 +1,106 @@
+"""Python API: reference-free and multireference alignment on arrays or STAR files.
+
+Both functions accept an ``(N, n, n)`` array or a :class:`~.io.ParticleStack`, return a
+:class:`~.loop.Result`, and write the run's files when ``out_dir`` is given.  Under ``mpirun``
+every rank calls the same function; the particles are split between them.
+"""
+import numpy as np
+
+from . import images as imgops
+from . import io, loop, outputs, parallel, references as reference_ops
+from .backends import get_backend
+from .errors import InputError
+
+
+def _source(particles):
+    if isinstance(particles, io.ParticleStack):
+        return particles
+    return io.ParticleStack.from_array(np.asarray(particles, dtype=np.float32))
+
+
+def _context(particles, settings, comm, log):
+    source = _source(particles)
+    comm = comm or parallel.world()
+    if settings.iterations < 1:
+        raise InputError("iterations must be >= 1 (got %d)" % settings.iterations)
+    backend = get_backend(settings.backend, settings.threads, settings.gpu, comm.rank)
+    if hasattr(backend, "screen"):
+        backend.screen = settings.screen
+    return loop.Context(source, settings, comm, backend, log if comm.rank == 0 else (lambda *_: None))
+
+
+def _initial_params(ctx):
+    if ctx.settings.use_prior and ctx.source.prior is not None:
+        return np.array(ctx.source.prior, np.float64)
+    return np.zeros((ctx.source.count, 4))
+
+
+def _run(ctx, state, reseed, out_dir, resume):
+    if out_dir is not None and ctx.comm.rank == 0:
+        io.check_output_dir(out_dir)
+    if resume and out_dir is not None:
+        found = loop.restore(out_dir, ctx.source.count, ctx.source.box, len(state.references))
+        if found is not None:
+            ctx.log("continuing after iteration %d" % found.iteration)
+            state = found
+    state = loop.iterate(ctx, state, reseed, out_dir)
+    result = loop.Result(state.classes, state.params, state.scores, state.averages, state.references,
+                         state.cutoffs, state.history)
+    if out_dir is not None and ctx.comm.rank == 0:
+        outputs.write(out_dir, ctx.source, result)
+    return result
+
+
+def align_reference_free(particles, settings=None, out_dir=None, resume=False, comm=None, log=print, **options):
+    """Iterative reference-free alignment (SPARX ``ali2d``): average -> align to it -> repeat.
+
+    ``options`` are :class:`~.loop.Settings` fields (radius, shift_range, iterations, ...).
+    """
+    settings = settings or loop.Settings(**options)
+    ctx = _context(particles, settings, comm, log)
+    params = _initial_params(ctx)
+    classes = np.zeros(ctx.source.count, np.int64)
+    parity = np.arange(ctx.source.count) % 2
+    sums = loop.average_pass(ctx, params, classes, 1)
+    refs, cutoffs, averages = reference_ops.build(sums, reference_ops.class_counts(classes, parity, 1),
+                                                    ctx.radius, settings.center)
+    state = loop.State(0, params, classes, np.zeros(ctx.source.count), refs, cutoffs, averages, [])
+    return _run(ctx, state, False, out_dir, resume)
+
+
+def align_multi_reference(particles, n_classes=None, references=None, settings=None, out_dir=None,
+                          resume=False, comm=None, log=print, **options):
+    """Multireference alignment (SPARX ``mref_ali2d``) from given references or K random particles.
+
+    Random particles are drawn with ``settings.seed``; starved classes are re-seeded (see
+    :func:`~.references.reseed_starved`) so the classes do not collapse into a few.
+    """
+    settings = settings or loop.Settings(**options)
+    ctx = _context(particles, settings, comm, log)
+    refs = _initial_references(ctx, n_classes, references)
+    count = ctx.source.count
+    state = loop.State(0, _initial_params(ctx), np.full(count, -1, np.int64), np.zeros(count), refs,
+                       np.zeros(len(refs)), refs, [])
+    return _run(ctx, state, True, out_dir, resume)
+
+
+def _initial_references(ctx, n_classes, references):
+    count, box = ctx.source.count, ctx.source.box
+    if references is not None:
+        refs = np.asarray(references, np.float32)
+        if refs.ndim == 2:
+            refs = refs[None]
+        if refs.ndim != 3 or refs.shape[1:] != (box, box):
+            raise InputError("the references are %s but the particles are %dx%d px: give references of the "
+                             "particles' box size" % ("x".join(map(str, refs.shape[1:])), box, box))
+        if not np.all(np.isfinite(refs)):
+            raise InputError("the references contain NaN or infinite values: fix the reference stack")
+        return imgops.normalise(refs, ctx.radius)
+    if n_classes is None or n_classes < 1:
+        raise InputError("give the number of classes (>= 1) or initial references")
+    if n_classes > count:
+        raise InputError("%d classes were requested but there are only %d particles: ask for at most %d "
+                         "classes" % (n_classes, count, count))
+    rng = np.random.default_rng(ctx.settings.seed)
+    chosen = np.sort(rng.choice(count, size=n_classes, replace=False))
+    return imgops.normalise(ctx.source.read(chosen), ctx.radius)

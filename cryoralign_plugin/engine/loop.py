@@ -1,0 +1,238 @@
+"""The iteration loop shared by reference-free (K = 1) and multireference alignment.
+
+One iteration: prepare the references -> search every particle (batched, split over MPI ranks) ->
+assign each particle its best reference -> re-seed starved classes -> average the particles with
+their new parameters -> filtered references for the next iteration.  After each iteration the
+state is checkpointed (atomically) so ``resume`` continues from the last complete one.
+"""
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from . import images as imgops
+from . import io, references, search
+from .errors import InputError
+from .geometry import MIRROR, PSI, SX, SY, centre_offsets, polar_grid, shift_grid
+
+CHECKPOINTS_KEPT = 2
+
+
+@dataclass
+class Settings:
+    """Every option of a run; the CLI flags map one to one onto these fields."""
+    radius: int = -1               # outer ring (px); -1: largest that fits with the shift range
+    first_ring: int = 1
+    ring_step: int = 1
+    shift_range: float = 3.0       # px, searched on a square grid around the current centre
+    shift_step: float = 1.0        # px, sub-pixel steps allowed
+    mirror: bool = True
+    iterations: int = 10
+    auto_stop: bool = False        # stop once fewer than stop_fraction of the particles change
+    stop_fraction: float = 0.005
+    center: bool = True            # centre the references on their centre of mass
+    seed: int = 0
+    min_members: int = -1          # re-seed classes smaller than this; -1: N / (4 K), at least 2
+    balanced_iterations: int = -1  # equal-size assignment for the first iterations; -1: half of them
+    batch_size: int = 2048
+    use_prior: bool = False        # start from the input's alignment instead of zero
+    backend: str = "auto"
+    threads: Optional[int] = None
+    gpu: Optional[list] = None
+    screen: Optional[int] = 32     # screening frequencies of the coarse stage; None: exhaustive
+
+    def resolved_radius(self, box):
+        if self.radius > 0:
+            return int(self.radius)
+        return int((box - 1) // 2 - 1 - math.ceil(self.shift_range))
+
+
+@dataclass
+class Result:
+    """What a run produces; arrays are in input order, classes 0-based."""
+    classes: np.ndarray
+    params: np.ndarray
+    scores: np.ndarray
+    averages: np.ndarray
+    references: np.ndarray
+    cutoffs: np.ndarray
+    history: list = field(default_factory=list)
+
+    @property
+    def class_sizes(self):
+        return np.bincount(self.classes[self.classes >= 0], minlength=len(self.averages))
+
+
+class Context:
+    """What every pass needs: the particles, this rank's share, the backend and the grid."""
+
+    def __init__(self, source, settings, comm, backend, log):
+        self.source, self.settings, self.comm, self.backend, self.log = source, settings, comm, backend, log
+        box = source.box
+        self.radius = settings.resolved_radius(box)
+        if self.radius < 2:
+            raise InputError("the %d px box is too small for a shift range of %g px: use a smaller shift "
+                             "range or larger images" % (box, settings.shift_range))
+        self.grid = polar_grid(self.radius, settings.first_ring, settings.ring_step)
+        search.check_geometry(box, self.grid, settings.shift_range)
+        self.shifts = shift_grid(settings.shift_range, settings.shift_step)
+        self.offset_limit = search.offset_limit(box, self.grid)
+        self.local = np.arange(source.count)[comm.local_slice(source.count)]
+
+    def batches(self):
+        size = max(1, int(self.settings.batch_size))
+        for start in range(0, len(self.local), size):
+            yield self.local[start:start + size]
+
+    def read(self, indices):
+        return imgops.normalise(self.source.read(indices), self.radius)
+
+
+def search_pass(ctx, refs, params):
+    """Local candidates of every reference for this rank's particles."""
+    prepared = ctx.backend.prepare_references(
+        search.reference_rings(ctx.backend, refs, ctx.grid, ctx.shifts), ctx.grid, ctx.settings.mirror)
+    parts = []
+    for batch in ctx.batches():
+        offsets = np.clip(centre_offsets(params[batch]), -ctx.offset_limit, ctx.offset_limit)
+        parts.append(search.search(ctx.backend, ctx.read(batch), offsets, prepared, ctx.grid))
+    return search.Candidates(*[np.concatenate([getattr(p, f) for p in parts])
+                               for f in ("score", "shift", "mirror", "angle", "offsets")])
+
+
+def average_pass(ctx, params, classes, n_classes):
+    """Even/odd class sums over all ranks (fixed point, so independent of the number of ranks)."""
+    box = ctx.source.box
+    sums = np.zeros((n_classes, 2, box, box), np.int64)
+    for batch in ctx.batches():
+        sums += ctx.backend.class_sums(ctx.read(batch), params[batch], classes[batch], batch % 2, n_classes)
+    return ctx.comm.allreduce(sums)
+
+
+def _angle_change(new, old):
+    return np.abs((new[:, PSI] - old[:, PSI] + 180.0) % 360.0 - 180.0)
+
+
+def _summary(ctx, state, new_params, new_classes, new_scores, seconds):
+    """One history row; ``changed`` is what auto-stop watches (classes for K > 1, else parameters)."""
+    n_classes = len(state.references)
+    angle = _angle_change(new_params, state.params)
+    shift = np.hypot(*(new_params[:, [SX, SY]] - state.params[:, [SX, SY]]).T)
+    flipped = new_params[:, MIRROR] != state.params[:, MIRROR]
+    class_changed = new_classes != state.classes
+    moved = flipped | (angle > 360.0 / ctx.grid.maxrin) | (shift > ctx.settings.shift_step)
+    changed = class_changed if n_classes > 1 else moved
+    count = len(new_classes)
+    return {
+        "seconds": seconds,
+        "particles_per_second": count / max(seconds, 1e-9),
+        "mean_score": float(new_scores.mean()),
+        "class_changes": float(class_changed.mean()),
+        "changed": float(changed.mean()),
+        "mean_angle_change": float(angle.mean()),
+        "mean_shift_change": float(shift.mean()),
+        "mirror_fraction": float(new_params[:, MIRROR].mean()),
+    }
+
+
+@dataclass
+class State:
+    iteration: int
+    params: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray
+    references: np.ndarray
+    cutoffs: np.ndarray
+    averages: np.ndarray
+    history: list
+
+
+def iterate(ctx, state, reseed, out_dir=None):
+    """Run iterations ``state.iteration + 1 ..`` up to the limit (or auto-stop); return the state."""
+    settings, comm = ctx.settings, ctx.comm
+    n_classes = len(state.references)
+    min_members = settings.min_members
+    if min_members < 0:
+        min_members = max(2, ctx.source.count // (4 * n_classes))
+    balanced = settings.balanced_iterations
+    if balanced < 0:
+        balanced = settings.iterations // 2
+    for iteration in range(state.iteration + 1, settings.iterations + 1):
+        start = time.perf_counter()
+        cand = search_pass(ctx, state.references, state.params)
+        if reseed and n_classes > 1 and iteration <= balanced:
+            local_slice = comm.local_slice(ctx.source.count)
+            choice = references.balanced_assignment(comm.allgather(cand.score))[local_slice]
+        else:
+            choice = np.argmax(cand.score, axis=1)  # ties: the lowest class number
+        local = search.candidate_params(cand, choice, ctx.shifts, ctx.grid)
+        rows = np.arange(len(choice))
+        params = comm.allgather(local)
+        scores = comm.allgather(cand.score[rows, choice]).astype(np.float64)
+        classes = comm.allgather(choice.astype(np.int64))
+        events = []
+        if reseed and n_classes > 1:
+            classes, events = references.reseed_starved(classes, scores, n_classes, min_members)
+        parity = np.arange(len(classes)) % 2
+        sums = average_pass(ctx, params, classes, n_classes)
+        counts = references.class_counts(classes, parity, n_classes)
+        refs, cutoffs, averages = references.build(sums, counts, ctx.radius, settings.center,
+                                                   references.cutoff_cap(iteration))
+        row = {"iteration": iteration}
+        row.update(_summary(ctx, state, params, classes, scores, time.perf_counter() - start))
+        row["class_sizes"] = counts.sum(axis=1).tolist()
+        row["resolution_px"] = (1.0 / cutoffs).tolist()
+        row["reseeded"] = events
+        state = State(iteration, params, classes, scores, refs, cutoffs, averages, state.history + [row])
+        if out_dir is not None and comm.rank == 0:
+            save(out_dir, state)
+        ctx.log(progress_line(row, settings.iterations))
+        if settings.auto_stop and row["changed"] < settings.stop_fraction:
+            ctx.log("converged: %.2f%% of the particles changed (< %.2f%%)"
+                    % (100 * row["changed"], 100 * settings.stop_fraction))
+            break
+    return state
+
+
+def progress_line(row, iterations):
+    text = ("iteration %d/%d: %.0f particles/s, mean score %.4f, class changes %.1f%%, "
+            "angle change %.2f deg, shift change %.2f px, %.1f s"
+            % (row["iteration"], iterations, row["particles_per_second"], row["mean_score"],
+               100 * row["class_changes"], row["mean_angle_change"], row["mean_shift_change"], row["seconds"]))
+    for event in row["reseeded"]:
+        text += "\n  re-seeded class %(class)d with %(members)d particles of class %(from_class)d" % event
+    return text
+
+
+def save(out_dir, state):
+    """Checkpoint ``iter_NNN`` atomically and drop older ones beyond the last few."""
+    arrays = {"params": state.params, "classes": state.classes, "scores": state.scores,
+              "references": state.references, "cutoffs": state.cutoffs, "averages": state.averages}
+    io.save_checkpoint(out_dir, state.iteration, arrays, {"history": state.history})
+    old = state.iteration - CHECKPOINTS_KEPT
+    if old >= 0:
+        import os
+        import shutil
+        shutil.rmtree(os.path.join(out_dir, "iter_%03d" % old), ignore_errors=True)
+
+
+def restore(out_dir, count, box, n_classes):
+    """The last complete checkpoint as a :class:`State`, checked against this run; None if none."""
+    found = io.last_checkpoint(out_dir)
+    if found is None:
+        return None
+    iteration, arrays, meta = found
+    if len(arrays["params"]) != count or arrays["references"].shape[1:] != (box, box) \
+            or len(arrays["references"]) != n_classes:
+        raise InputError("the checkpoint in %s belongs to another run (%d particles, %d classes of %d px; "
+                         "this run has %d particles, %d classes of %d px): use a new output directory or "
+                         "the same input" % (out_dir, len(arrays["params"]), len(arrays["references"]),
+                                             arrays["references"].shape[-1], count, n_classes, box))
+    return State(iteration, arrays["params"], arrays["classes"], arrays["scores"], arrays["references"],
+                 arrays["cutoffs"], arrays["averages"], meta["history"])
+
+
+def settings_dict(settings):
+    return asdict(settings)

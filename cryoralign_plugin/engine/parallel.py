@@ -1,0 +1,65 @@
+"""MPI distribution and reductions (mpi4py), with a serial stand-in when not under ``mpirun``.
+
+Every rank keeps the full per-particle state (a few numbers per particle) and the same
+references, so every decision (assignment, re-seeding, stopping) is taken identically everywhere
+and only rank 0 writes files.  Sums are reduced in integer fixed point, so the result does not
+depend on the number of ranks.
+"""
+import os
+import sys
+
+import numpy as np
+
+_LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_RANK")
+
+
+class Serial:
+    """One process: the identity for every collective."""
+    rank, size = 0, 1
+
+    def local_slice(self, count):
+        return slice(0, count)
+
+    def allreduce(self, array):
+        return array
+
+    def allgather(self, local):
+        return local
+
+    def abort(self, code):
+        sys.exit(code)
+
+
+class Mpi(Serial):
+    """``MPI.COMM_WORLD``: contiguous blocks of particles per rank, in rank order."""
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+
+    def local_slice(self, count):
+        return slice(count * self.rank // self.size, count * (self.rank + 1) // self.size)
+
+    def allreduce(self, array):
+        from mpi4py import MPI
+        out = np.empty_like(array)
+        self.comm.Allreduce(np.ascontiguousarray(array), out, op=MPI.SUM)
+        return out
+
+    def allgather(self, local):
+        parts = self.comm.allgather(np.ascontiguousarray(local))
+        return np.concatenate(parts, axis=0)
+
+    def abort(self, code):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
+
+def world():
+    """The communicator of this process: MPI only when started by an MPI launcher."""
+    if not any(v in os.environ for v in _LAUNCHER_VARS):
+        return Serial()
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    return Mpi(comm) if comm.Get_size() > 1 else Serial()

@@ -1,0 +1,113 @@
+"""Class averages -> references: even/odd FRC, tanh low-pass, masking, centring, re-seeding."""
+import numpy as np
+from numba import njit
+
+from . import images as imgops
+
+MIN_CUTOFF = 0.04   # cycles/pixel: never filter harder than this
+MAX_CUTOFF = 0.45
+
+
+def class_counts(classes, parity, n_classes):
+    """Members per (class, half): ``(K, 2)``."""
+    counts = np.zeros((n_classes, 2), np.int64)
+    valid = classes >= 0
+    np.add.at(counts, (classes[valid], parity[valid]), 1)
+    return counts
+
+
+def halves(sums, counts):
+    """Even and odd half averages ``(K, 2, n, n)`` float32 from fixed-point sums."""
+    return (sums / imgops.FIXED_POINT / np.maximum(counts, 1)[:, :, None, None]).astype(np.float32)
+
+
+def cutoff_cap(iteration, start=0.05, step=0.025):
+    """Highest filter cutoff allowed at ``iteration`` (1-based): a slowly opening resolution limit.
+
+    Averages of particles aligned to noisy references reproduce that noise in both halves, so their
+    FRC overstates the resolution ("Einstein from noise").  Limiting the early references to low
+    frequencies lets the classes form from the large features first.
+    """
+    return min(MAX_CUTOFF, start + step * (iteration - 1))
+
+
+def build(sums, counts, radius, center, max_cutoff=MAX_CUTOFF):
+    """References, filter cutoffs (cycles/px) and averages from even/odd fixed-point sums.
+
+    Each average is low-passed where the FSC estimated from its half-set FRC falls below 0.5
+    (SPARX ``ref_ali2d``), so sparsely populated classes are smoothed more and do not lose
+    particles to large ones merely for being noisier; then it is masked and, with ``center``,
+    moved so its centre of mass is at the box centre.
+    """
+    half = halves(sums, counts)
+    total = counts.sum(axis=1)
+    averages = (sums.sum(axis=1) / imgops.FIXED_POINT / np.maximum(total, 1)[:, None, None]).astype(np.float32)
+    box = sums.shape[-1]
+    mask = imgops.circular_mask(box, radius)
+    refs = np.empty_like(averages)
+    cutoffs = np.empty(len(averages))
+    for k, avg in enumerate(averages):
+        if counts[k].min() > 0:
+            cutoff = imgops.frc_cutoff(imgops.frc(half[k, 0], half[k, 1]))
+        else:
+            cutoff = MIN_CUTOFF
+        cutoffs[k] = np.clip(cutoff, MIN_CUTOFF, max_cutoff)
+        ref = imgops.lowpass_tanh(avg, cutoffs[k])
+        ref = np.where(mask, ref - ref[mask].mean(), 0.0).astype(np.float32)
+        if center:
+            dx, dy = imgops.centre_of_mass(ref, radius)
+            ref = np.where(mask, imgops.fourier_shift(ref, -dx, -dy), 0.0).astype(np.float32)
+        refs[k] = ref
+    return refs, cutoffs, averages
+
+
+def reseed_starved(classes, scores, n_classes, min_members):
+    """Give each class with fewer than ``min_members`` the worse-fitting half of the largest class.
+
+    Plain multireference alignment from random starts drifts towards a few large classes whose
+    averages are the least noisy.  Splitting the largest class keeps every class in play; the
+    moved particles keep their alignment, so their average is a ready new reference.
+    Returns the new classes and one event per re-seeded class.
+    """
+    classes = classes.copy()
+    events = []
+    for k in range(n_classes):
+        sizes = np.bincount(classes[classes >= 0], minlength=n_classes)
+        if sizes[k] >= min_members:
+            continue
+        donor = int(np.argmax(sizes))
+        members = np.flatnonzero(classes == donor)
+        if len(members) < 2 * max(min_members, 1):
+            continue
+        worst = members[np.argsort(scores[members], kind="stable")[:len(members) // 2]]
+        classes[worst] = k
+        events.append({"class": k + 1, "from_class": donor + 1, "members": int(len(worst))})
+    return classes, events
+
+
+@njit(cache=True)
+def _greedy(order, n_classes, capacity, out):
+    filled = np.zeros(n_classes, np.int64)
+    left = out.shape[0]
+    for flat in order:
+        p, k = flat // n_classes, flat % n_classes
+        if out[p] < 0 and filled[k] < capacity:
+            out[p] = k
+            filled[k] += 1
+            left -= 1
+            if left == 0:
+                break
+
+
+def balanced_assignment(scores):
+    """Equal-size assignment (ISAC's equal-size K-means): best pairs first, classes fill up.
+
+    Taking (particle, class) pairs in order of decreasing score, a particle joins a class while the
+    class holds fewer than ``ceil(N / K)``.  Early on, when the references are still noise, this
+    keeps one lucky average from attracting everything.  Ties keep the lower particle and class.
+    """
+    count, n_classes = scores.shape
+    order = np.argsort(-scores.ravel(), kind="stable")
+    out = np.full(count, -1, np.int64)
+    _greedy(order, n_classes, -(-count // n_classes), out)
+    return out
