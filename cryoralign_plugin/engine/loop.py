@@ -32,7 +32,7 @@ class Settings:
     iterations: int = 10
     auto_stop: bool = False        # stop once fewer than stop_fraction of the particles change
     stop_fraction: float = 0.005
-    center: bool = True            # centre the references on their centre of mass
+    center: bool = False           # centre the references on their centre of mass
     seed: int = 0
     min_members: int = -1          # re-seed classes smaller than this; -1: N / (4 K), at least 2
     balanced_iterations: int = -1  # equal-size assignment for the first iterations; -1: half of them
@@ -178,8 +178,8 @@ def iterate(ctx, state, reseed, out_dir=None):
         parity = np.arange(len(classes)) % 2
         sums = average_pass(ctx, params, classes, n_classes)
         counts = references.class_counts(classes, parity, n_classes)
-        refs, cutoffs, averages = references.build(sums, counts, ctx.radius, settings.center,
-                                                   references.cutoff_cap(iteration))
+        cap = references.cutoff_cap(iteration) if n_classes > 1 else references.MAX_CUTOFF
+        refs, cutoffs, averages = references.build(sums, counts, ctx.radius, settings.center, cap)
         row = {"iteration": iteration}
         row.update(_summary(ctx, state, params, classes, scores, time.perf_counter() - start))
         row["class_sizes"] = counts.sum(axis=1).tolist()

@@ -1,0 +1,95 @@
+"""MRA throughput on this machine: one full iteration (search + averages) per configuration.
+
+Prints a table and one JSON line.  Ratios are measured in the same run (the machine is shared).
+Usage: python benchmarks/bench_search.py [--particles 2000] [--quick]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from cryoralign_plugin.engine import io, loop, parallel, synthetic
+from cryoralign_plugin.engine.backends import get_backend
+
+
+def one_iteration(particles, refs, n_classes, threads):
+    """Seconds of one MRA iteration and its phase split (search, averages)."""
+    settings = loop.Settings(radius=27, shift_range=3, shift_step=1, threads=threads, backend="cpu",
+                             iterations=1)
+    ctx = loop.Context(io.ParticleStack.from_array(particles), settings, parallel.Serial(),
+                       get_backend("cpu", threads), lambda *_: None)
+    t0 = time.perf_counter()
+    cand = loop.search_pass(ctx, refs[:n_classes], np.zeros((len(particles), 4)))
+    t1 = time.perf_counter()
+    choice = cand.score.argmax(1)
+    params = loop.search.candidate_params(cand, choice, ctx.shifts, ctx.grid)
+    loop.average_pass(ctx, params, choice, n_classes)
+    t2 = time.perf_counter()
+    return t2 - t0, t1 - t0, t2 - t1
+
+
+def rss_run(n, box):
+    """Peak RSS (MB) of a separate process running one K=10 iteration over ``n`` particles from disk."""
+    code = ("import resource,sys;from cryoralign_plugin.engine import align,io;"
+            "s=io.ParticleStack.from_star(sys.argv[1]);"
+            "align.align_multi_reference(s,n_classes=10,iterations=1,radius=27,log=lambda *_:None);"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)")
+    with tempfile.TemporaryDirectory() as tmp:
+        synthetic.make_dataset(tmp, n_particles=n, box=box, n_classes=10, snr=1.0, seed=0, source="slicem")
+        out = subprocess.run([sys.executable, "-c", code, os.path.join(tmp, "particles.star")],
+                             capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
+def mpi_speedup(n, box):
+    """Wall time of 1 vs 2 MPI ranks (1 thread each) on the same K=10 run."""
+    mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        synthetic.make_dataset(tmp, n_particles=n, box=box, n_classes=10, snr=1.0, seed=0, source="slicem")
+        for ranks in (1, 2):
+            cmd = [mpirun, "-n", str(ranks), sys.executable, "-m", "cryoralign_plugin.engine.cli", "mra",
+                   "--particles", os.path.join(tmp, "particles.star"), "--out", os.path.join(tmp, str(ranks)),
+                   "--classes", "10", "--iterations", "3", "--threads", "1", "--radius", "27"]
+            subprocess.run(cmd, capture_output=True, check=True)  # warm numba's cache
+            start = time.perf_counter()
+            subprocess.run(cmd, capture_output=True, check=True)
+            times[ranks] = time.perf_counter() - start
+    return times[1] / times[2]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--particles", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true", help="skip the RSS and MPI measurements")
+    args = parser.parse_args()
+    box = 64
+    refs = synthetic.slicem_references(50, box, seed=0)
+    parts, _, _ = synthetic.make_particles(refs[:10], args.particles, snr=1.0, seed=1)
+    one_iteration(parts[:200], refs, 2, None)  # compile
+    rows = []
+    for k in (10, 50):
+        total, search_s, avg_s = min((one_iteration(parts, refs, k, None) for _ in range(2)), key=lambda r: r[0])
+        rows.append({"classes": k, "particles_per_s": args.particles / total, "search_s": search_s,
+                     "averages_s": avg_s})
+    result = {"benchmark": "mra_iteration", "particles": args.particles, "box": box, "radius": 27,
+              "shifts": 49, "mirror": True, "threads": os.cpu_count(), "rows": rows}
+    if not args.quick:
+        result["rss_mb"] = {str(n): rss_run(n, box) for n in (2000, 20000)}
+        result["mpi_speedup_2_vs_1"] = mpi_speedup(args.particles, box)
+    print("%8s %14s %10s %12s" % ("classes", "particles/s", "search s", "averages s"))
+    for r in rows:
+        print("%8d %14.0f %10.2f %12.2f" % (r["classes"], r["particles_per_s"], r["search_s"], r["averages_s"]))
+    if "rss_mb" in result:
+        print("peak RSS: %s MB; 2 MPI ranks vs 1: %.2fx" % (
+            ", ".join("N=%s %.0f" % kv for kv in result["rss_mb"].items()), result["mpi_speedup_2_vs_1"]))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Whole runs: RFA consistency, MRA continue, MPI equality and failure, CLI bad input."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cryoralign_plugin.engine import align, geometry, io, outputs, synthetic
+from cryoralign_plugin.engine.geometry import MIRROR, PSI, SX, SY
+
+ENGINE = [sys.executable, "-m", "cryoralign_plugin.engine.cli"]
+MPIRUN = os.path.join(os.path.dirname(sys.executable), "mpirun")
+quiet = dict(log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    synthetic.make_dataset(str(root), n_particles=240, box=48, n_classes=3, snr=1.0, seed=1, source="slicem")
+    return root
+
+
+def engine(*args, ranks=1):
+    cmd = ([MPIRUN, "-n", str(ranks)] if ranks > 1 else []) + ENGINE + [str(a) for a in args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_reference_free_alignment_brings_particles_into_register():
+    view = synthetic.slicem_references(1, 48, seed=4)
+    parts, _, truth = synthetic.make_particles(view, 200, snr=1.0, seed=2)
+    res = align.align_reference_free(parts, iterations=6, radius=18, **quiet)
+    # found = truth followed by one common transform g (the average's own orientation is arbitrary)
+    g = geometry.combine(geometry.inverse(truth), res.params)
+    ref = np.median(g[:, PSI]) if g[:, MIRROR].mean() in (0.0, 1.0) else None
+    assert ref is not None, "mirror is not consistent across particles"
+    dpsi = np.abs((g[:, PSI] - ref + 180.0) % 360.0 - 180.0)
+    dt = np.hypot(*(g[:, [SX, SY]] - np.median(g[:, [SX, SY]], axis=0)).T)
+    assert ((dpsi < 3.0) & (dt < 1.0)).mean() >= 0.95
+
+
+def test_continue_gives_the_same_result_as_one_run(dataset, tmp_path):
+    source = io.ParticleStack.from_star(str(dataset / "particles.star"))
+    same = dict(n_classes=3, balanced_iterations=1, **quiet)
+    whole = align.align_multi_reference(source, iterations=4, out_dir=str(tmp_path / "a"), **same)
+    align.align_multi_reference(source, iterations=2, out_dir=str(tmp_path / "b"), **same)  # "killed" after 2
+    again = align.align_multi_reference(source, iterations=4, out_dir=str(tmp_path / "b"), resume=True, **same)
+    np.testing.assert_array_equal(whole.classes, again.classes)
+    np.testing.assert_array_equal(whole.params, again.params)
+    np.testing.assert_array_equal(whole.averages, again.averages)
+    assert [r["iteration"] for r in again.history] == [1, 2, 3, 4]
+
+
+def test_outputs_follow_the_contract(dataset, tmp_path):
+    out = tmp_path / "run"
+    done = engine("mra", "--particles", dataset / "particles.star", "--out", out, "--classes", 3,
+                  "--iterations", 2)
+    assert done.returncode == 0, done.stderr
+    assert "iteration 2/2" in done.stdout and "particles/s" in done.stdout
+    classes, params, scores = outputs.read_particles(str(out))
+    assert len(classes) == 240 and set(classes) <= {0, 1, 2} and np.all(np.isfinite(scores))
+    assert io.read_stack(str(out / "classes.mrcs")).shape == (3, 48, 48)
+    rows = list(io.read_star(str(out / "classes.star"), "classes"))
+    assert sum(r.rlnClassSize for r in rows) == 240
+    history = io.read_json(str(out / "history.json"))
+    assert [h["iteration"] for h in history] == [1, 2]
+    assert sorted(os.listdir(out)) == ["classes.mrcs", "classes.star", "history.json", "iter_001", "iter_002",
+                                       "particles.star"]
+
+
+@pytest.mark.slow
+def test_two_mpi_ranks_give_the_single_process_result(dataset, tmp_path):
+    for ranks in (1, 2):
+        done = engine("mra", "--particles", dataset / "particles.star", "--out", tmp_path / str(ranks),
+                      "--classes", 3, "--iterations", 3, "--threads", 1, ranks=ranks)
+        assert done.returncode == 0, done.stderr
+    assert "2 MPI rank(s)" in done.stdout
+    assert (tmp_path / "1" / "particles.star").read_text() == (tmp_path / "2" / "particles.star").read_text()
+    np.testing.assert_array_equal(io.read_stack(str(tmp_path / "1" / "classes.mrcs")),
+                                  io.read_stack(str(tmp_path / "2" / "classes.mrcs")))
+
+
+@pytest.mark.slow
+def test_a_failing_rank_stops_the_job_with_its_message(dataset, tmp_path):
+    star = tmp_path / "bad.star"
+    stack = io.read_stack(str(dataset / "particles.mrcs"))
+    stack[-1] = np.nan  # the last particle belongs to rank 1
+    io.write_stack(str(tmp_path / "bad.mrcs"), stack)
+    io.write_star(str(star), {"particles": (["rlnImageId", "rlnImageName"],
+                                            [(i + 1, "%06d@bad.mrcs" % (i + 1)) for i in range(len(stack))])})
+    done = engine("mra", "--particles", star, "--out", tmp_path / "out", "--classes", 3, ranks=2)
+    assert done.returncode != 0
+    assert "rank 1 of 2" in done.stderr and "NaN" in done.stderr
+    assert not (tmp_path / "out" / "particles.star").exists()
+
+
+def _star(tmp_path, images, names=None):
+    io.write_stack(str(tmp_path / "s.mrcs"), images)
+    names = names or ["%06d@s.mrcs" % (i + 1) for i in range(len(images))]
+    io.write_star(str(tmp_path / "in.star"), {"particles": (["rlnImageId", "rlnImageName"],
+                                                            [(i + 1, n) for i, n in enumerate(names)])})
+    return tmp_path / "in.star"
+
+
+@pytest.mark.parametrize("case, args, expected", [
+    ("radius", ["rfa", "--radius", 30], "reaches outside the 48 px box"),
+    ("first_ring", ["rfa", "--radius", 10, "--first-ring", 12], "first ring (12) is larger than the radius"),
+    ("classes", ["mra", "--classes", 50], "only 20 particles"),
+    ("missing_index", ["rfa"], "index"),
+    ("nan", ["rfa"], "NaN"),
+    ("flat", ["rfa"], "zero variance"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, case, args, expected):
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(20, 48, 48)).astype(np.float32)
+    names = None
+    if case == "missing_index":
+        names = ["%06d@s.mrcs" % (i + 1) for i in range(19)] + ["000099@s.mrcs"]
+    if case == "nan":
+        images[3, 5, 5] = np.nan
+    if case == "flat":
+        images[2] = 1.0
+    star = _star(tmp_path, images, names)
+    done = engine(args[0], "--particles", star, "--out", tmp_path / "out", *args[1:])
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out" / "particles.star").exists()

@@ -1,0 +1,143 @@
+"""The alignment search against ground truth and against a plain numpy oracle."""
+import numpy as np
+import pytest
+
+from cryoralign_plugin.engine import align, geometry, images, synthetic
+from cryoralign_plugin.engine.backends.cpu import CpuBackend
+from cryoralign_plugin.engine.geometry import MIRROR, PSI, SX, SY
+
+
+def angle_error(found, truth):
+    return np.abs((found[:, PSI] - truth[:, PSI] + 180.0) % 360.0 - 180.0)
+
+
+def one_search(particles, references, radius, **options):
+    """One MRA iteration against fixed references = one search step."""
+    return align.align_multi_reference(particles, references=references, iterations=1, radius=radius,
+                                       log=lambda *_: None, **options)
+
+
+@pytest.fixture(scope="module")
+def views64():
+    return synthetic.slicem_references(6, 64, seed=3)
+
+
+def test_ring_lengths_and_weights_follow_sparx():
+    grid = geometry.polar_grid(36)
+    assert list(grid.lengths) == [8, 16] + [32] * 3 + [64] * 5 + [128] * 10 + [256] * 16
+    assert grid.total == 5816
+    assert set(geometry.polar_grid(52).lengths[40:]) == {512}
+    r, n = grid.radii, grid.lengths
+    np.testing.assert_allclose(grid.weights, r * (2 * np.pi / n) * (256 / n))
+
+
+def test_recovers_truth_at_snr_1(views64):
+    parts, classes, truth = synthetic.make_particles(views64, 300, snr=1.0, seed=4)
+    res = one_search(parts, views64, radius=27)
+    correct = (res.classes == classes) & (res.params[:, MIRROR] == truth[:, MIRROR])
+    assert correct.mean() >= 0.99
+    assert np.median(angle_error(res.params, truth)) <= 1.5
+    assert np.median(np.hypot(*(res.params[:, [SX, SY]] - truth[:, [SX, SY]]).T)) <= 0.6
+
+
+@pytest.mark.slow
+def test_classifies_at_snr_01_with_true_references():
+    views = synthetic.slicem_references(10, 90, seed=0)
+    parts, classes, truth = synthetic.make_particles(views, 500, snr=0.1, seed=5)
+    res = one_search(parts, views, radius=36)
+    correct = (res.classes == classes) & (res.params[:, MIRROR] == truth[:, MIRROR])
+    assert correct.mean() >= 0.98
+
+
+def test_found_parameters_reproduce_the_reference(views64):
+    parts, classes, truth = synthetic.make_particles(views64, 60, snr=1e6, seed=6)
+    assert truth[:, MIRROR].any() and not truth[:, MIRROR].all()
+    res = one_search(parts, views64, radius=27)
+    aligned = images.transform(parts, res.params)
+    mask = images.circular_mask(64, 27)
+    cc = [np.corrcoef(aligned[i][mask], views64[classes[i]][mask])[0, 1] for i in range(len(parts))]
+    assert min(cc) > 0.95
+    assert np.median(cc) > 0.99
+
+
+def test_screening_matches_exhaustive_search(views64):
+    parts, _, _ = synthetic.make_particles(views64, 200, snr=0.5, seed=7)
+    fast = one_search(parts, views64, radius=27)
+    full = one_search(parts, views64, radius=27, screen=None)
+    same = (fast.classes == full.classes) & (fast.params[:, MIRROR] == full.params[:, MIRROR]) \
+        & (angle_error(fast.params, full.params) < 1e-3)
+    assert same.mean() >= 0.99
+
+
+def test_sub_pixel_shift_steps_are_honoured(views64):
+    truth = np.array([[0.0, 0.5, -1.5, 0.0]])
+    part = images.transform(views64[:1], geometry.inverse(truth))
+    res = one_search(part, views64[:1], radius=24, shift_range=2.0, shift_step=0.5)
+    np.testing.assert_allclose(res.params[0, [SX, SY]], truth[0, [SX, SY]], atol=0.26)
+
+
+# --- a straightforward numpy oracle of the same search: the SPARX ring recipe, with the trial shifts
+# applied to the references (the particle is sampled once, around its centre) ---------------------
+
+def oracle_rings(image, cx, cy, grid):
+    rings = []
+    for r, n in zip(grid.radii, grid.lengths):
+        phi = 2 * np.pi * np.arange(n) / n
+        x, y = cx + r * np.cos(phi), cy - r * np.sin(phi)
+        x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+        fx, fy = x - x0, y - y0
+        v = (image[y0, x0] * (1 - fx) * (1 - fy) + image[y0, x0 + 1] * fx * (1 - fy)
+             + image[y0 + 1, x0] * (1 - fx) * fy + image[y0 + 1, x0 + 1] * fx * fy)
+        rings.append(v)
+    flat = np.concatenate(rings)
+    w = np.repeat(grid.area, grid.lengths)
+    flat = flat - (w * flat).sum() / w.sum()
+    flat /= np.sqrt((w * flat * flat).sum())
+    return np.split(flat, np.cumsum(grid.lengths)[:-1])
+
+
+def oracle_search(particle, refs, grid, shifts):
+    """Best (class, psi, shift, mirror) by brute force over references, shifts, angles and mirror."""
+    box = particle.shape[0]
+    c = box // 2
+    m = grid.maxrin
+    spectra = [np.fft.rfft(ring) for ring in oracle_rings(particle, c, c, grid)]
+    best = (-np.inf,)
+    for tx, ty in shifts:
+        for k, ref in enumerate(refs):
+            rs = [np.fft.rfft(ring) for ring in oracle_rings(ref, c - tx, c - ty, grid)]
+            straight = np.zeros(m // 2 + 1, complex)
+            mirrored = np.zeros(m // 2 + 1, complex)
+            for w, n, R, S in zip(grid.weights, grid.lengths, rs, spectra):
+                h = np.full(n // 2 + 1, w)
+                if n < m:
+                    h[-1] *= 0.5
+                straight[:n // 2 + 1] += h * R * np.conj(S)
+                mirrored[:n // 2 + 1] += h * R * S
+            for flip, spec in ((0, straight), (1, mirrored)):
+                ccf = np.fft.irfft(spec, m)
+                j = int(np.argmax(ccf))
+                if ccf[j] > best[0]:
+                    best = (ccf[j], k, j, flip, tx, ty)
+    _, k, j, flip, tx, ty = best
+    psi = (180.0 - 360.0 * j / m if flip else 360.0 * j / m) % 360.0
+    # the reference sampled at c - t matches: t_E = -t, x-flipped for a mirrored match
+    return k, psi, np.array([tx if not flip else -tx, ty]) * -1.0, flip
+
+
+@pytest.mark.slow
+def test_agrees_with_numpy_oracle():
+    views = synthetic.slicem_references(3, 48, seed=2)
+    parts, _, _ = synthetic.make_particles(views, 100, snr=1.0, seed=8, shift_range=1.0)
+    grid = geometry.polar_grid(18)
+    shifts = geometry.shift_grid(1.0, 1.0)
+    normed = images.normalise(parts, 18)
+    res = one_search(parts, views, radius=18, shift_range=1.0)
+    step = 360.0 / grid.maxrin
+    agree = 0
+    for i in range(len(parts)):
+        k, psi, t, flip = oracle_search(normed[i], images.normalise(views, 18), grid, shifts)
+        d = abs((res.params[i, PSI] - psi + 180.0) % 360.0 - 180.0)
+        agree += (k == res.classes[i]) and (flip == res.params[i, MIRROR]) and d <= step \
+            and np.allclose(t, res.params[i, [SX, SY]], atol=1e-6)
+    assert agree / len(parts) >= 0.99
