@@ -21,6 +21,7 @@ from numba import njit, prange
 from threadpoolctl import threadpool_limits
 
 from .. import images as imgops
+from .. import rings as ring_ops
 
 BLOCK_BYTES = 48 * 2 ** 20  # working memory per worker thread
 
@@ -199,7 +200,7 @@ class CpuBackend:
     # --- resampling -------------------------------------------------------
     def polar(self, images, index, centres, grid):
         """Rings ``(len(index), T)`` of ``images[index]`` resampled around absolute ``centres``."""
-        dx, dy = _ring_offsets(grid)
+        dx, dy = ring_ops.ring_offsets(grid)
         out = np.empty((len(index), grid.total), dtype=np.float32)
         _polar(np.ascontiguousarray(images, dtype=np.float32), np.ascontiguousarray(index, dtype=np.int64),
                np.ascontiguousarray(centres, dtype=np.float64), dx, dy, out)
@@ -209,13 +210,13 @@ class CpuBackend:
     def prepare_references(self, rings, grid, mirror):
         """Reference rings ``(K, S, T)`` -> :class:`PreparedReferences`."""
         n_refs, n_shifts = rings.shape[:2]
-        spectra = _ring_spectra(rings.reshape(n_refs * n_shifts, -1), grid, weighted=True)
+        spectra = ring_ops.ring_spectra(rings.reshape(n_refs * n_shifts, -1), grid, weighted=True)
         length = grid.maxrin
         if self.screen is not None and 2 * self.screen < grid.maxrin:
             length = 2 * self.screen
         dense = None
         if length < grid.maxrin:
-            dense = _dense(spectra, grid).reshape(n_refs, n_shifts, len(grid.radii), -1)
+            dense = ring_ops.dense(spectra, grid).reshape(n_refs, n_shifts, len(grid.radii), -1)
         bands = []
         for first, freqs in _bands(grid, length // 2):
             sub = _band_spectra(spectra, grid, first, freqs).reshape(n_refs, n_shifts, -1, freqs.stop - freqs.start)
@@ -241,13 +242,13 @@ class CpuBackend:
 
         def run(start):
             sl = slice(start, min(start + block, count))
-            spectra = _ring_spectra(rings[sl], grid, weighted=False)
+            spectra = ring_ops.ring_spectra(rings[sl], grid, weighted=False)
             operands = self._particle_operands(spectra, refs, grid)
             if refs.dense is None:
                 for k in range(refs.n_refs):
                     _peaks(self._correlate(operands, k, refs), k, score[sl], shift[sl], flip[sl], angle[sl])
                 return
-            particles = _dense(spectra, grid)
+            particles = ring_ops.dense(spectra, grid)
             n_mirror = 2 if refs.mirror else 1
             keep = min(self.keep, refs.n_shifts * n_mirror)
             chosen = np.empty((sl.stop - sl.start, keep), np.int64)
@@ -303,33 +304,10 @@ class CpuBackend:
         return imgops.class_sums(images, params, classes, parity, n_classes, self.threads)
 
 
-def _ring_offsets(grid):
-    """Sample offsets ``(dx, dy)`` of the polar grid: angle 0 on +x, increasing towards -y."""
-    dx = np.empty(grid.total)
-    dy = np.empty(grid.total)
-    for r, n, o in zip(grid.radii, grid.lengths, grid.offsets):
-        phi = 2.0 * np.pi * np.arange(n) / n
-        dx[o:o + n] = r * np.cos(phi)
-        dy[o:o + n] = -r * np.sin(phi)
-    return dx, dy
-
-
-def _groups(grid):
-    """Runs of consecutive rings of equal length: ``[(first ring, end ring, length)]``."""
-    edges = np.flatnonzero(np.diff(grid.lengths)) + 1
-    starts = np.concatenate([[0], edges])
-    ends = np.concatenate([edges, [len(grid.lengths)]])
-    return [(int(s), int(e), int(grid.lengths[s])) for s, e in zip(starts, ends)]
-
-
-def _group_of(grid, ring):
-    return [g[0] for g in _groups(grid)].index(ring)
-
-
 def _bands(grid, max_freq):
     """``(first ring, frequency slice)`` per band up to ``max_freq``: the frequencies new in group g."""
     out, low = [], 0
-    for first, _, length in _groups(grid):
+    for first, _, length in ring_ops.groups(grid):
         high = min(length // 2, max_freq) + 1
         if high > low:
             out.append((first, slice(low, high)))
@@ -337,34 +315,8 @@ def _bands(grid, max_freq):
     return out
 
 
-def _dense(spectra, grid):
-    """Group spectra -> one ``(N, R, maxrin//2 + 1)`` array, zero past each ring's Nyquist."""
-    count = len(spectra[0])
-    out = np.zeros((count, len(grid.radii), grid.maxrin // 2 + 1), np.complex64)
-    for (first, end, length), spec in zip(_groups(grid), spectra):
-        out[:, first:end, :length // 2 + 1] = spec
-    return out
-
-
 def _band_spectra(spectra, grid, first_ring, freqs):
     """Spectra ``(N, R_band, F_band)`` of the rings from ``first_ring`` on, at band frequencies."""
-    return np.concatenate([s[:, :, freqs] for s in spectra[_group_of(grid, first_ring):]], axis=1)
+    return np.concatenate([s[:, :, freqs] for s in spectra[ring_ops.group_of(grid, first_ring):]], axis=1)
 
 
-def _ring_spectra(rings, grid, weighted):
-    """Per ring group, the rfft of its rings ``(N, rings, length//2 + 1)`` (complex64).
-
-    With ``weighted`` the SPARX ring weights are applied, halving a short ring's Nyquist bin, which
-    appears twice once the ring is embedded in the longest one's spectrum.
-    """
-    out = []
-    for first, end, length in _groups(grid):
-        lo = grid.offsets[first]
-        block = rings[:, lo:lo + (end - first) * length].reshape(len(rings), end - first, length)
-        spec = scipy.fft.rfft(block, axis=-1, workers=1).astype(np.complex64)
-        if weighted:
-            spec *= grid.weights[first:end, None].astype(np.float32)
-            if length < grid.maxrin:
-                spec[:, :, -1] *= 0.5
-        out.append(spec)
-    return out
