@@ -51,7 +51,7 @@ setup(
     packages=find_packages(exclude=["benchmarks", "benchmarks.*"]),
     include_package_data=True,
     package_data={"cryoralign_plugin": ["protocols.conf", "*.png"],
-                  "cryoralign_plugin.engine": ["data/*.mrcs", "data/*.star", "data/*.json"]},
+                  "cryoralign_plugin.engine": ["data/*.mrcs", "data/*.star", "data/*.json", "data/README"]},
     python_requires=">=3.8",
     install_requires=_requirements(),
     extras_require={

@@ -89,25 +89,19 @@ def _sample_cubic(img, x, y):
     return total
 
 
-@njit(cache=True, inline="always")
-def _inverse_map(params, ox, oy):
-    """The input point (centred) that parameters ``params`` carry to output point ``(ox, oy)``."""
-    a = np.deg2rad(params[PSI])
-    c, s = np.cos(a), np.sin(a)
-    ux = -ox if params[MIRROR] > 0.5 else ox
-    ux -= params[SX]
-    uy = oy - params[SY]
-    return c * ux - s * uy, s * ux + c * uy
-
-
 @njit(cache=True)
 def _transform_one(img, params, out):
+    """``out`` = ``img`` with ``params`` applied: each output pixel pulls from its inverse image."""
     n = img.shape[0]
     centre = n // 2
+    a = np.deg2rad(params[PSI])
+    c, s = np.cos(a), np.sin(a)
+    flip = -1.0 if params[MIRROR] > 0.5 else 1.0
     for oy in range(n):
+        uy = oy - centre - params[SY]
         for ox in range(n):
-            x, y = _inverse_map(params, float(ox - centre), float(oy - centre))
-            out[oy, ox] = _sample_cubic(img, x + centre, y + centre)
+            ux = flip * (ox - centre) - params[SX]
+            out[oy, ox] = _sample_cubic(img, c * ux - s * uy + centre, s * ux + c * uy + centre)
 
 
 @njit(cache=True, parallel=True)
@@ -131,22 +125,21 @@ FIXED_POINT = float(2 ** 24)
 @njit(cache=True, parallel=True)
 def _class_sums(images, params, classes, parity, n_classes, n_chunks):
     n = images.shape[1]
-    centre = n // 2
     partial = np.zeros((n_chunks, n_classes, 2, n, n), dtype=np.int64)
     count = images.shape[0]
     for chunk in prange(n_chunks):
         lo = chunk * count // n_chunks
         hi = (chunk + 1) * count // n_chunks
+        moved = np.empty((n, n), dtype=np.float32)
         for i in range(lo, hi):
             k = classes[i]
             if k < 0:
                 continue
+            _transform_one(images[i], params[i], moved)
             acc = partial[chunk, k, parity[i]]
             for oy in range(n):
                 for ox in range(n):
-                    x, y = _inverse_map(params[i], float(ox - centre), float(oy - centre))
-                    v = _sample_cubic(images[i], x + centre, y + centre)
-                    acc[oy, ox] += np.int64(np.rint(v * FIXED_POINT))
+                    acc[oy, ox] += np.int64(np.rint(moved[oy, ox] * FIXED_POINT))
     return partial.sum(axis=0)
 
 

@@ -42,7 +42,7 @@ def test_recovers_truth_at_snr_1(views64):
 
 @pytest.mark.slow
 def test_classifies_at_snr_01_with_true_references():
-    views = synthetic.slicem_references(10, 90, seed=0)
+    views = synthetic.phantom_views(10, 90, seed=0)
     parts, classes, truth = synthetic.make_particles(views, 500, snr=0.1, seed=5)
     res = one_search(parts, views, radius=36)
     correct = (res.classes == classes) & (res.params[:, MIRROR] == truth[:, MIRROR])
