@@ -1,7 +1,6 @@
 """Reference-free 2D alignment (RFA) with the cryoralign engine."""
 from enum import Enum
 
-import pyworkflow.protocol.params as params
 from pwem.objects import Float, Particle, SetOfParticles
 from pwem.protocols import ProtAlign2D
 from pyworkflow.constants import BETA
@@ -26,15 +25,6 @@ class CryoralignProtAlign2D(CryoralignProtBase, ProtAlign2D):
     _devStatus = BETA
     _possibleOutputs = outputs
     _engineCommand = RFA
-
-    def _defineAlignmentParams(self, form):
-        form.addParam('doCenter', params.BooleanParam, default=True, condition='not doContinue',
-                      label='Centre the average?',
-                      help='Keep the average centred in the box between iterations, so that the '
-                           'particle shifts do not drift.')
-
-    def _getMethodArgs(self, src):
-        return ['--center'] if src.doCenter else []
 
     def createOutputStep(self):
         partsFn, classesStar, stack = self._requireEngineOutputs(OUT_PARTICLES, OUT_CLASSES_STAR,

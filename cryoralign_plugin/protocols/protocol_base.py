@@ -91,6 +91,10 @@ class CryoralignProtBase:
                       label='Search mirrors?',
                       help='Also try the mirrored particle; needed unless all views have the '
                            'same handedness on the grid.')
+        form.addParam('doCenter', params.BooleanParam, default=False, condition='not doContinue',
+                      expertLevel=params.LEVEL_ADVANCED, label='Centre the averages?',
+                      help='Move each average onto its centre of mass between iterations, which '
+                           'stops the particle shifts from drifting together.')
         self._defineAlignmentParams(form)
 
         form.addSection(label='Compute')
@@ -304,7 +308,8 @@ class CryoralignProtBase:
                 '--ring-step', src.ringStep.get(), '--shift-range', src.maximumShift.get(),
                 '--shift-step', src.shiftStep.get(), '--iterations', self.numberOfIterations.get(),
                 '--threads', max(1, self.numberOfThreads.get())]
-        flags = [(not src.doMirror, '--no-mirror'), (self.doAutoStop, '--auto-stop'),
+        flags = [(not src.doMirror, '--no-mirror'), (src.doCenter, '--center'),
+                 (self.doAutoStop, '--auto-stop'),
                  (src.usePriorAlignment, '--use-prior'), (self.doContinue, '--continue')]
         args += [flag for on, flag in flags if on]
         args += self._getMethodArgs(src)
