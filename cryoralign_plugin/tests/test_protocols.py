@@ -29,9 +29,11 @@ except ImportError:  # run by Scipion's own test runner
         return cls
 
 BOX, N_PARTICLES, SAMPLING = 48, 60, 2.0
-# One single-class set for RFA and one 3-class set for MRA, generated locally (never downloaded).
-SETS = {"rfa": dict(n_classes=1, snr=2.0, seed=11), "mra": dict(n_classes=3, snr=2.0, seed=12)}
-DataSet(name="cryoralign_tiny", folder="cryoralign_tiny_v1",
+# One single-class set for RFA and one 3-class set for MRA, generated locally (never downloaded)
+# from real class averages (SLICEM): unlike round blobs, their in-plane angle is well defined.
+SETS = {"rfa": dict(n_classes=1, snr=2.0, seed=11, source="slicem"),
+        "mra": dict(n_classes=3, snr=2.0, seed=12, source="slicem")}
+DataSet(name="cryoralign_tiny", folder="cryoralign_tiny_v2",
         files={key: os.path.join(key, "particles.mrcs") for key in SETS})
 
 
@@ -225,7 +227,7 @@ class TestRuns(BaseTest):
         index, fn = image.getLocation()
         self.assertAlmostEqual(image.getSamplingRate(), SAMPLING)
         with mrcfile.open(fn, permissive=False) as mrc:
-            data = mrc.data[index - 1]
+            data = mrc.data.reshape(-1, BOX, BOX)[index - 1]   # a 1-image stack reads as 2D
         self.assertEqual(data.shape, (BOX, BOX))
         self.assertTrue(np.isfinite(data).all() and data.std() > 0)
 
