@@ -1,0 +1,94 @@
+"""Faults: a run killed mid-iteration continues exactly; a dead MPI rank ends the job promptly."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cryoralign_plugin.engine import io, outputs, synthetic
+
+BIN = os.path.dirname(sys.executable)
+ENGINE = [os.path.join(BIN, "cryoralign-engine")]
+
+
+@pytest.fixture(scope="module")
+def star(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    synthetic.make_dataset(str(root), n_particles=3000, box=64, n_classes=4, snr=0.5, seed=3)
+    return str(root / "particles.star")
+
+
+def mra(star, out, *extra):
+    return ENGINE + ["mra", "--particles", star, "--out", str(out), "--classes", "4", "--iterations", "6",
+                     "--threads", "1", "--balanced-iterations", "2", *extra]
+
+
+def wait_for(path, timeout=120):
+    end = time.time() + timeout
+    while not os.path.exists(path):
+        assert time.time() < end, "%s never appeared" % path
+        time.sleep(0.05)
+
+
+def same_results(a, b):
+    for x, y in zip(outputs.read_particles(str(a)), outputs.read_particles(str(b))):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(io.read_stack(str(a / "classes.mrcs")), io.read_stack(str(b / "classes.mrcs")))
+
+
+@pytest.mark.slow
+def test_killed_run_continues_to_the_uninterrupted_result(star, tmp_path):
+    subprocess.run(mra(star, tmp_path / "whole"), check=True, capture_output=True)
+    victim = subprocess.Popen(mra(star, tmp_path / "killed"), stdout=subprocess.DEVNULL)
+    wait_for(str(tmp_path / "killed" / "iter_002"))
+    time.sleep(0.3)  # inside iteration 3
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "killed" / "particles.star").exists()
+    done = subprocess.run(mra(star, tmp_path / "killed", "--continue"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "continuing after iteration" in done.stdout
+    same_results(tmp_path / "whole", tmp_path / "killed")
+
+
+def test_same_input_and_seed_give_identical_results(star, tmp_path):
+    for name in ("a", "b"):
+        subprocess.run(mra(star, tmp_path / name)[:-4] + ["--iterations", "2"], check=True, capture_output=True)
+    same_results(tmp_path / "a", tmp_path / "b")
+
+
+def _rank_pids(out):
+    """PIDs of the engine processes writing to ``out``, by MPI rank."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = open("/proc/%s/cmdline" % pid, "rb").read().split(b"\0")
+            env = open("/proc/%s/environ" % pid, "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if str(out).encode() in cmd and b"mpirun" not in cmd[0]:
+            rank = [e.split(b"=")[1] for e in env if e.startswith(b"PMI_RANK=")]
+            if rank:
+                found[int(rank[0])] = int(pid)
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_mpi_rank_ends_the_job(star, tmp_path):
+    out = tmp_path / "mpi"
+    job = subprocess.Popen([os.path.join(BIN, "mpirun"), "-n", "2"] + mra(star, out),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(str(out / "iter_001"))
+    ranks = _rank_pids(out)
+    assert set(ranks) == {0, 1}
+    os.kill(ranks[1], signal.SIGKILL)
+    start = time.time()
+    _, err = job.communicate(timeout=60)
+    assert job.returncode != 0
+    assert time.time() - start < 30
+    assert not (out / "particles.star").exists()
+    time.sleep(1)
+    assert _rank_pids(out) == {}, "orphaned ranks remain"
