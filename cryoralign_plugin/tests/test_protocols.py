@@ -238,6 +238,8 @@ class TestRuns(BaseTest):
         self.assertAlmostEqual(parts.getSamplingRate(), SAMPLING)
         self.checkAverage(prot.outputAverage)
         self.assertGreaterEqual(alignmentAccuracy(parts, self.rfaTruth), 0.9)
+        self.assertIn("Aligned %d particles" % N_PARTICLES, " ".join(prot.summary()))
+        self.assertIn("Penczek1992", prot.methods()[0])
 
     def checkClassify(self, prot):
         classes = prot.outputClasses
@@ -255,6 +257,7 @@ class TestRuns(BaseTest):
         self.assertGreaterEqual(purity / members, 0.9)
         particles = [p.clone() for cls in classes.iterItems() for p in cls]
         self.assertGreaterEqual(alignmentAccuracy(particles, self.mraTruth), 0.9)
+        self.assertIn("Classified into *3* classes.", prot.summary())
 
     def test_align(self):
         for mpi in (1, 2):
@@ -265,6 +268,11 @@ class TestRuns(BaseTest):
         for mpi in (1, 2):
             with self.subTest(mpi=mpi):
                 self.checkClassify(self.runClassify(mpi))
+
+    def test_classifyFromReferences(self):
+        first = self.runClassify(1, numberOfIterations=3)
+        self.checkClassify(self.runClassify(1, useReferences=True, numberOfClasses=1,
+                                            inputReferences=first.outputClasses))
 
     def test_continue(self):
         first = self.runClassify(1, numberOfIterations=2)
