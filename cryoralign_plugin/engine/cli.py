@@ -85,6 +85,8 @@ def run(args, comm):
     if args.pixel_size > 0:
         source.pixel_size = args.pixel_size
     log = lambda text: print(text, flush=True)
+    if comm.size > 1:  # lets a launcher's report of a dead process ("PID ...") be traced to its rank
+        log("rank %d of %d: pid %d on %s" % (comm.rank, comm.size, os.getpid(), platform.node()))
     if comm.rank == 0:
         log("%s %s: %d particles of %d px, %d MPI rank(s)" % (PROG, args.command, source.count, source.box,
                                                               comm.size))

@@ -80,15 +80,17 @@ def _rank_pids(out):
 def test_a_killed_mpi_rank_ends_the_job(star, tmp_path):
     out = tmp_path / "mpi"
     job = subprocess.Popen([os.path.join(BIN, "mpirun"), "-n", "2"] + mra(star, out),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(str(out / "iter_001"))
     ranks = _rank_pids(out)
     assert set(ranks) == {0, 1}
     os.kill(ranks[1], signal.SIGKILL)
     start = time.time()
-    _, err = job.communicate(timeout=60)
+    log, _ = job.communicate(timeout=60)
     assert job.returncode != 0
     assert time.time() - start < 30
+    assert "rank 1 of 2: pid %d" % ranks[1] in log  # the launcher reports the dead PID and its signal
+    assert "PID %d" % ranks[1] in log and "signal 9" in log
     assert not (out / "particles.star").exists()
     time.sleep(1)
     assert _rank_pids(out) == {}, "orphaned ranks remain"
