@@ -96,32 +96,71 @@ def test_a_failing_rank_stops_the_job_with_its_message(dataset, tmp_path):
 
 def _star(tmp_path, images, names=None):
     io.write_stack(str(tmp_path / "s.mrcs"), images)
-    names = names or ["%06d@s.mrcs" % (i + 1) for i in range(len(images))]
+    if names is None:
+        names = ["%06d@s.mrcs" % (i + 1) for i in range(len(images))]
     io.write_star(str(tmp_path / "in.star"), {"particles": (["rlnImageId", "rlnImageName"],
                                                             [(i + 1, n) for i, n in enumerate(names)])})
     return tmp_path / "in.star"
 
 
-@pytest.mark.parametrize("case, args, expected", [
+def _break(case, tmp_path, images):
+    """Make the input of ``case`` bad; return the particle names (None: one per image)."""
+    if case == "missing_index":
+        return ["%06d@s.mrcs" % (i + 1) for i in range(19)] + ["000099@s.mrcs"]
+    if case == "missing_stack":
+        return ["%06d@gone.mrcs" % (i + 1) for i in range(20)]
+    if case == "empty":
+        return []
+    if case == "nan":
+        images[3, 5, 5] = np.nan
+    if case == "inf":
+        images[4, 6, 6] = np.inf
+    if case == "flat":
+        images[2] = 1.0
+    return None
+
+
+BAD_INPUT = [
     ("radius", ["rfa", "--radius", 30], "reaches outside the 48 px box"),
     ("first_ring", ["rfa", "--radius", 10, "--first-ring", 12], "first ring (12) is larger than the radius"),
     ("classes", ["mra", "--classes", 50], "only 20 particles"),
     ("missing_index", ["rfa"], "index"),
+    ("missing_stack", ["rfa"], "gone.mrcs"),
+    ("empty", ["rfa"], "empty"),
     ("nan", ["rfa"], "NaN"),
+    ("inf", ["rfa"], "infinite"),
     ("flat", ["rfa"], "zero variance"),
-])
+    ("references", ["mra", "--references", "REFS"], "give references of the particles' box size"),
+    ("unwritable", ["rfa"], "cannot write"),
+    ("non_square", ["rfa"], "square"),
+    ("truncated", ["rfa"], "truncated"),
+]
+
+
+@pytest.mark.parametrize("case, args, expected", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
 def test_bad_input_is_a_clear_error(tmp_path, case, args, expected):
     rng = np.random.default_rng(0)
     images = rng.normal(size=(20, 48, 48)).astype(np.float32)
-    names = None
-    if case == "missing_index":
-        names = ["%06d@s.mrcs" % (i + 1) for i in range(19)] + ["000099@s.mrcs"]
-    if case == "nan":
-        images[3, 5, 5] = np.nan
-    if case == "flat":
-        images[2] = 1.0
-    star = _star(tmp_path, images, names)
-    done = engine(args[0], "--particles", star, "--out", tmp_path / "out", *args[1:])
+    star = _star(tmp_path, images, _break(case, tmp_path, images))
+    out = tmp_path / "out"
+    if case == "references":
+        io.write_stack(str(tmp_path / "refs.mrcs"), rng.normal(size=(2, 40, 40)).astype(np.float32))
+        args = [a if a != "REFS" else tmp_path / "refs.mrcs" for a in args]
+    if case == "unwritable":
+        out.write_text("a file where the output directory should be")
+    if case == "non_square":
+        io.write_stack(str(tmp_path / "s.mrcs"), rng.normal(size=(20, 48, 40)).astype(np.float32))
+    if case == "truncated":
+        data = (tmp_path / "s.mrcs").read_bytes()
+        (tmp_path / "s.mrcs").write_bytes(data[:len(data) // 2])
+    done = engine(args[0], "--particles", star, "--out", out, *args[1:])
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr and "Traceback" not in done.stderr
-    assert not (tmp_path / "out" / "particles.star").exists()
+    assert not (out / "particles.star").exists() if out.is_dir() else True
+
+
+def test_odd_box_size_works(tmp_path):
+    views = synthetic.slicem_references(2, 49, seed=1)
+    parts, classes, truth = synthetic.make_particles(views, 60, snr=10.0, seed=2)
+    res = align.align_multi_reference(parts, references=views, iterations=1, **quiet)
+    assert (res.classes == classes).mean() == 1.0 and (res.params[:, MIRROR] == truth[:, MIRROR]).all()
