@@ -23,17 +23,20 @@ from cryoralign_plugin.protocols.protocol_base import cudaAvailable, fittingRadi
 
 try:
     import pytest
-    slow = pytest.mark.slow
+    slow, cudasim = pytest.mark.slow, pytest.mark.cudasim
 except ImportError:  # run by Scipion's own test runner
     def slow(cls):
         return cls
+    cudasim = slow
 
 BOX, N_PARTICLES, SAMPLING = 48, 60, 2.0
 # One single-class set for RFA and one 3-class set for MRA, generated locally (never downloaded)
 # from real class averages (SLICEM): unlike round blobs, their in-plane angle is well defined.
-SETS = {"rfa": dict(n_classes=1, snr=2.0, seed=11, source="slicem"),
-        "mra": dict(n_classes=3, snr=2.0, seed=12, source="slicem")}
-DataSet(name="cryoralign_tiny", folder="cryoralign_tiny_v2",
+# "sim" is tiny because the CUDA simulator runs about a thread per millisecond.
+SETS = {"rfa": dict(n_particles=N_PARTICLES, box=BOX, n_classes=1, snr=2.0, seed=11),
+        "mra": dict(n_particles=N_PARTICLES, box=BOX, n_classes=3, snr=2.0, seed=12),
+        "sim": dict(n_particles=8, box=32, n_classes=1, snr=5.0, seed=1)}
+DataSet(name="cryoralign_tiny", folder="cryoralign_tiny_v3",
         files={key: os.path.join(key, "particles.mrcs") for key in SETS})
 
 
@@ -47,7 +50,7 @@ def getTinyDataSet():
             continue
         os.makedirs(ds.getPath(), exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=key + ".", dir=ds.getPath())
-        make_dataset(tmp, n_particles=N_PARTICLES, box=BOX, **kw)
+        make_dataset(tmp, source="slicem", **kw)
         try:
             os.rename(tmp, final)   # atomic: a concurrent run may have made it already
         except OSError:
@@ -282,3 +285,31 @@ class TestRuns(BaseTest):
         self.checkClassify(again)
         with open(first._getExtraPath("engine", "history.json")) as f:
             self.assertEqual(len(json.load(f)), 2)   # the continued run is left untouched
+
+
+@slow
+@cudasim
+class TestGpuSimulator(BaseTest):
+    """The GPU path through Scipion (GPU ids -> engine --gpu) on numba's CUDA simulator."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls._oldSim = os.environ.get("NUMBA_ENABLE_CUDASIM")
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"   # inherited by the protocol's processes
+        setupTestProject(cls)
+        cls.imp, _ = importParticles(cls, "sim")
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls._oldSim is None:
+            os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
+        else:
+            os.environ["NUMBA_ENABLE_CUDASIM"] = cls._oldSim
+
+    def test_alignOnGpu(self):
+        prot = self.launchProtocol(self.newProtocol(
+            CryoralignProtAlign2D, inputParticles=self.imp.outputParticles, useGpu=True,
+            gpuList="0", numberOfIterations=1, maximumShift=1))
+        self.assertSetSize(prot.outputParticles, 8)
+        with open(prot.getStdoutLog()) as f:
+            self.assertIn('--backend cuda --gpu "0"', f.read())
