@@ -106,8 +106,8 @@ class CryoralignProtBase:
                        help='GPU device ids, e.g. "0 1"; MPI rank i uses GPU ids[i % len(ids)].')
         form.addParam('batchSize', params.IntParam, default=0, validators=[params.GE(0)],
                       expertLevel=params.LEVEL_ADVANCED, label='Batch size (particles)',
-                      help='Particles processed at a time. 0 sizes batches from the free '
-                           'memory; lower it if a GPU runs out of memory.')
+                      help="Particles read and searched at a time; 0 keeps the engine's "
+                           'default. Lower it if a GPU runs out of memory.')
         form.addParam('extraParams', params.StringParam, default='',
                       expertLevel=params.LEVEL_ADVANCED, label='Additional engine arguments',
                       help='Appended to the cryoralign-engine command line as they are.')
@@ -132,7 +132,8 @@ class CryoralignProtBase:
 
     # --------------------------- STEPS functions -----------------------------------------------
     def convertInputStep(self, inputId):
-        """Write the engine's STAR (stacks linked) and any references."""
+        """Write the engine's STAR (stacks linked) and any references; ``inputId`` makes a
+        changed input redo this step when a run is resumed."""
         pwutils.makePath(self._getInputPath())
         src = self._getSourceRun()
         n = convert.writeSetOfParticles(self._getInputParticles(), self._getInputPath(INPUT_STAR),
