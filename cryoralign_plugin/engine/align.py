@@ -26,7 +26,10 @@ def _context(particles, settings, comm, log):
     backend = get_backend(settings.backend, settings.threads, settings.gpu, comm.rank)
     if hasattr(backend, "screen"):
         backend.screen = settings.screen
-    return loop.Context(source, settings, comm, backend, log if comm.rank == 0 else (lambda *_: None))
+    log = log if comm.rank == 0 else (lambda *_: None)
+    fallback = backend.name == "cpu" and settings.gpu
+    log("backend: %s%s" % (backend.name, " (no usable GPU found: running on the CPU)" if fallback else ""))
+    return loop.Context(source, settings, comm, backend, log)
 
 
 def _initial_params(ctx):

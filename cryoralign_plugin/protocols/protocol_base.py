@@ -29,13 +29,18 @@ def fittingRadius(box, shiftRange):
     return int(math.floor((box - 1) // 2 - 1 - shiftRange))
 
 
-def cudaAvailable():
-    """True when numba sees a usable CUDA device (or its simulator); never raises."""
+def cudaDeviceCount():
+    """Number of CUDA devices numba sees (the simulator counts as one); 0 on any failure."""
     try:
         from numba import cuda
-        return bool(cuda.is_available())
+        return len(cuda.gpus) if cuda.is_available() else 0
     except Exception:
-        return False
+        return 0
+
+
+def cudaAvailable():
+    """True when numba sees a usable CUDA device (or its simulator); never raises."""
+    return cudaDeviceCount() > 0
 
 
 class CryoralignProtBase:
@@ -210,9 +215,11 @@ class CryoralignProtBase:
 
     def _validateCompute(self):
         errors = []
-        if self.usesGpu() and not self.useQueue() and not cudaAvailable():
-            errors.append('GPU execution was requested but no usable CUDA GPU was found here: '
-                          'set "Use GPU" to No to run on the CPU, or check the NVIDIA driver.')
+        devices = cudaDeviceCount() if self.usesGpu() and not self.useQueue() else 0
+        missing = [g for g in self.getGpuList() if g >= devices] if devices else []
+        if missing:
+            errors.append('GPU id(s) %s do not exist here: this machine has %d GPU(s), ids 0 to %d.'
+                          % (' '.join(map(str, missing)), devices, devices - 1))
         if self.numberOfMpi.get() > 1:
             if importlib.util.find_spec('mpi4py') is None:
                 errors.append('MPI needs mpi4py: install it with `pip install mpi4py mpich` in '
@@ -233,6 +240,9 @@ class CryoralignProtBase:
                             '2D classes rarely need more than ~128 px. Consider downsampling; the '
                             'particles alone take %.1f GB (N x box^2 x 4 bytes).'
                             % (box, n * box * box * 4 / 1024 ** 3))
+        if self.usesGpu() and not self.useQueue() and not cudaAvailable():
+            warnings.append('No usable CUDA GPU was found here: the run will use the CPU. Set '
+                            '"Use GPU" to No to silence this, or check the NVIDIA driver.')
         gpus = self.getGpuList() if self.usesGpu() else []
         if gpus and self.numberOfMpi.get() > len(gpus):
             warnings.append('%d MPI processes share %d GPU(s): process i uses GPU %s[i %% %d].'
@@ -321,7 +331,8 @@ class CryoralignProtBase:
             args.append(self.extraParams.get().strip())
         if self.usesGpu():
             # runJob %-formats the arguments to fill in %(GPU)s: escape any literal '%'.
-            return ' '.join(a.replace('%', '%%') for a in args) + ' --backend cuda --gpu "%(GPU)s"'
+            # 'auto' uses the GPUs and falls back to the CPU (and says so) where none is usable.
+            return ' '.join(a.replace('%', '%%') for a in args) + ' --backend auto --gpu "%(GPU)s"'
         return ' '.join(args) + ' --backend cpu'
 
     def _getMethodArgs(self, src):

@@ -171,8 +171,11 @@ class TestForms(BaseTest):
         self.assertError(self.newClassify(usePriorAlignment=True), "no 2D alignment")
 
     @unittest.skipIf(cudaAvailable(), "a CUDA device is available here")
-    def test_gpuWithoutCuda(self):
-        self.assertError(self.newClassify(useGpu=True), 'set "Use GPU" to No')
+    def test_gpuWithoutCudaFallsBackToCpu(self):
+        prot = self.newClassify(useGpu=True)
+        self.assertEqual(prot.validate(), [])
+        self.assertTrue(any("will use the CPU" in w for w in prot.warnings()))
+        self.assertIn("--backend auto", prot._getEngineArgs())
 
     def test_continueMisuse(self):
         prot = self.newClassify(doContinue=True)
@@ -199,8 +202,8 @@ class TestForms(BaseTest):
         self.assertIn("--no-mirror", self.newClassify(doMirror=False)._getEngineArgs())
         gpu = self.newClassify(useGpu=True, gpuList="0 1", extraParams="--verbose 100%")
         args = gpu._getEngineArgs()
-        self.assertTrue(args.endswith('--backend cuda --gpu "%(GPU)s"'), args)
-        self.assertIn("--verbose 100% --backend cuda", args % {"GPU": "0 1"})
+        self.assertTrue(args.endswith('--backend auto --gpu "%(GPU)s"'), args)
+        self.assertIn("--verbose 100% --backend auto", args % {"GPU": "0 1"})
 
 
 @slow
@@ -312,4 +315,4 @@ class TestGpuSimulator(BaseTest):
             gpuList="0", numberOfIterations=1, maximumShift=1))
         self.assertSetSize(prot.outputParticles, 8)
         with open(prot.getStdoutLog()) as f:
-            self.assertIn('--backend cuda --gpu "0"', f.read())
+            self.assertIn('--backend auto --gpu "0"', f.read())
