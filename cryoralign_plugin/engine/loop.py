@@ -18,6 +18,7 @@ from .errors import InputError
 from .geometry import MIRROR, PSI, SX, SY, centre_offsets, polar_grid, shift_grid
 
 CHECKPOINTS_KEPT = 2
+PROGRESS_SECONDS = 10.0  # within an iteration, report progress at most this often
 
 
 @dataclass
@@ -95,9 +96,17 @@ def search_pass(ctx, refs, params):
     prepared = ctx.backend.prepare_references(
         search.reference_rings(ctx.backend, refs, ctx.grid, ctx.shifts), ctx.grid, ctx.settings.mirror)
     parts = []
+    start = last = time.perf_counter()
+    done = 0
     for batch in ctx.batches():
         offsets = np.clip(centre_offsets(params[batch]), -ctx.offset_limit, ctx.offset_limit)
         parts.append(search.search(ctx.backend, ctx.read(batch), offsets, prepared, ctx.grid))
+        done += len(batch)
+        now = time.perf_counter()
+        if now - last > PROGRESS_SECONDS and done < len(ctx.local):
+            ctx.log("  searched %d of %d particles on this rank (%.0f particles/s)"
+                    % (done, len(ctx.local), done / (now - start)))
+            last = now
     return search.Candidates(*[np.concatenate([getattr(p, f) for p in parts])
                                for f in ("score", "shift", "mirror", "angle", "offsets")])
 
