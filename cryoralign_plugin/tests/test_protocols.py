@@ -2,9 +2,11 @@
 (import -> RFA / MRA with 1 and 2 MPI processes -> continue) checked against ground truth."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 import mrcfile
@@ -35,7 +37,8 @@ BOX, N_PARTICLES, SAMPLING = 48, 60, 2.0
 # "sim" is tiny because the CUDA simulator runs about a thread per millisecond.
 SETS = {"rfa": dict(n_particles=N_PARTICLES, box=BOX, n_classes=1, snr=2.0, seed=11),
         "mra": dict(n_particles=N_PARTICLES, box=BOX, n_classes=3, snr=2.0, seed=12),
-        "sim": dict(n_particles=8, box=32, n_classes=1, snr=5.0, seed=1)}
+        "sim": dict(n_particles=8, box=32, n_classes=1, snr=5.0, seed=1),
+        "kill": dict(n_particles=3000, box=BOX, n_classes=3, snr=1.0, seed=13)}
 DataSet(name="cryoralign_tiny", folder="cryoralign_tiny_v3",
         files={key: os.path.join(key, "particles.mrcs") for key in SETS})
 
@@ -93,6 +96,28 @@ def _motionClose(a, b, angleTol, shiftTol):
         return False
     angle = abs(np.degrees(np.arctan2(d[0, 1], d[0, 0])))
     return angle <= angleTol and np.hypot(d[0, 2], d[1, 2]) <= shiftTol
+
+
+def waitFor(path, timeout=300):
+    end = time.time() + timeout
+    while not os.path.exists(path):
+        if time.time() > end:
+            raise AssertionError("%s never appeared" % path)
+        time.sleep(0.05)
+
+
+def processesMentioning(*words):
+    """PIDs of this user's processes whose command line contains every word."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if all(w in cmd for w in words) and int(pid) != os.getpid():
+            found.append(int(pid))
+    return found
 
 
 def importParticles(test, key):
@@ -279,6 +304,28 @@ class TestRuns(BaseTest):
         first = self.runClassify(1, numberOfIterations=3)
         self.checkClassify(self.runClassify(1, useReferences=True, numberOfClasses=1,
                                             inputReferences=first.outputClasses))
+
+    def test_killedRunContinuesToTheUninterruptedResult(self):
+        """SIGKILL to the protocol and the engine inside iteration 3; Continue ends where a whole run does."""
+        imp, _ = importParticles(self, "kill")
+        params = dict(useGpu=False, numberOfClasses=3, numberOfIterations=5, seed=3,
+                      inputParticles=imp.outputParticles)
+        whole = self.launchProtocol(self.newProtocol(CryoralignProtClassify2D, objLabel="whole", **params))
+        victim = self.newProtocol(CryoralignProtClassify2D, objLabel="killed", **params)
+        self.proj.launchProtocol(victim, wait=False)
+        engineDir = victim._getExtraPath("engine")
+        waitFor(os.path.join(engineDir, "iter_002"))
+        killed = processesMentioning(engineDir) + processesMentioning("pw_protocol_run", str(victim.getObjId()))
+        self.assertTrue(killed)
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        self.assertFalse(os.path.exists(os.path.join(engineDir, "particles.star")))
+        again = self.launchProtocol(self.newProtocol(CryoralignProtClassify2D, objLabel="continued",
+                                                     doContinue=True, continueRun=victim, **params))
+        with open(whole._getExtraPath("engine", "particles.star")) as a, \
+                open(again._getExtraPath("engine", "particles.star")) as b:
+            self.assertEqual(a.read(), b.read())
+        self.assertSetSize(again.outputClasses, 3)
 
     def test_continue(self):
         first = self.runClassify(1, numberOfIterations=2)
