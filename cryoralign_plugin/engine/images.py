@@ -6,6 +6,7 @@ pixel ``(n//2, n//2)`` as in SPARX.
 import numpy as np
 from numba import njit, prange
 
+from . import interpolation
 from .errors import InputError
 from .geometry import PSI, SX, SY, MIRROR
 
@@ -60,33 +61,8 @@ def normalise(images, radius):
     return out
 
 
-@njit(cache=True, inline="always")
-def _cubic_weight(t):
-    """Keys cubic convolution kernel (a = -0.5): C1-smooth, exact for quadratics."""
-    t = abs(t)
-    if t < 1.0:
-        return (1.5 * t - 2.5) * t * t + 1.0
-    if t < 2.0:
-        return ((-0.5 * t + 2.5) * t - 4.0) * t + 2.0
-    return 0.0
-
-
-@njit(cache=True)
-def _sample_cubic(img, x, y):
-    """Cubic interpolation of ``img`` at ``(x, y)``; pixels outside the box count as zero."""
-    n = img.shape[0]
-    ix = int(np.floor(x))
-    iy = int(np.floor(y))
-    total = 0.0
-    for j in range(iy - 1, iy + 3):
-        if j < 0 or j >= n:
-            continue
-        wy = _cubic_weight(y - j)
-        for i in range(ix - 1, ix + 3):
-            if i < 0 or i >= n:
-                continue
-            total += wy * _cubic_weight(x - i) * img[j, i]
-    return total
+_cubic_weight = njit(cache=True, inline="always")(interpolation.cubic_weight)
+_sample_cubic = njit(cache=True)(interpolation.cubic_sampler(_cubic_weight))
 
 
 @njit(cache=True)

@@ -21,26 +21,13 @@ from numba import njit, prange
 from threadpoolctl import threadpool_limits
 
 from .. import images as imgops
+from .. import interpolation
 from .. import rings as ring_ops
 
 BLOCK_BYTES = 48 * 2 ** 20  # working memory per worker thread
 
 
-@njit(cache=True, inline="always")
-def _bilinear(img, x, y):
-    n = img.shape[0]
-    ix = int(np.floor(x))
-    iy = int(np.floor(y))
-    fx = x - ix
-    fy = y - iy
-    total = 0.0
-    for j, wy in ((iy, 1.0 - fy), (iy + 1, fy)):
-        if j < 0 or j >= n:
-            continue
-        for i, wx in ((ix, 1.0 - fx), (ix + 1, fx)):
-            if 0 <= i < n:
-                total += wx * wy * img[j, i]
-    return total
+_bilinear = njit(cache=True, inline="always")(interpolation.bilinear)
 
 
 @njit(cache=True, parallel=True)

@@ -28,6 +28,7 @@ from numba import cuda, njit
 from numba.cuda.cudadrv.driver import CudaAPIError
 
 from .. import images as imgops
+from .. import interpolation
 from .. import rings as ring_ops
 from ..errors import InputError
 from ..geometry import MIRROR, PSI, SX, SY, polar_grid, shift_grid
@@ -45,46 +46,8 @@ OUT_OF_MEMORY = 2                         # CUDA_ERROR_OUT_OF_MEMORY
 
 
 # --- device functions --------------------------------------------------------------------------
-_cubic_weight = cuda.jit(device=True)(imgops._cubic_weight.py_func)  # the CPU's kernel, same source
-
-
-@cuda.jit(device=True)
-def _bilinear(img, x, y):
-    """Bilinear sample at ``(x, y)``, zero outside the box (as the CPU backend)."""
-    n = img.shape[0]
-    ix = int(math.floor(x))
-    iy = int(math.floor(y))
-    fx = x - ix
-    fy = y - iy
-    total = 0.0
-    for dj in range(2):
-        j = iy + dj
-        if 0 <= j < n:
-            wy = fy if dj else 1.0 - fy
-            for di in range(2):
-                i = ix + di
-                if 0 <= i < n:
-                    wx = fx if di else 1.0 - fx
-                    total += wx * wy * img[j, i]
-    return total
-
-
-@cuda.jit(device=True)
-def _sample_cubic(img, x, y):
-    """Cubic sample, the same operations in the same order as ``images._sample_cubic``."""
-    n = img.shape[0]
-    ix = int(math.floor(x))
-    iy = int(math.floor(y))
-    total = 0.0
-    for j in range(iy - 1, iy + 3):
-        if j < 0 or j >= n:
-            continue
-        wy = _cubic_weight(y - j)
-        for i in range(ix - 1, ix + 3):
-            if i < 0 or i >= n:
-                continue
-            total += wy * _cubic_weight(x - i) * img[j, i]
-    return total
+_bilinear = cuda.jit(device=True)(interpolation.bilinear)
+_sample_cubic = cuda.jit(device=True)(interpolation.cubic_sampler(cuda.jit(device=True)(interpolation.cubic_weight)))
 
 
 @cuda.jit(device=True)
