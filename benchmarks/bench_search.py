@@ -33,35 +33,20 @@ def one_iteration(particles, refs, n_classes, threads):
     return t2 - t0, t1 - t0, t2 - t1
 
 
-RSS_PROBE = """
-import sys, threading, time
-from cryoralign_plugin.engine import align, io
-peak = [0]
-def watch():
-    while True:
-        for line in open("/proc/self/status"):
-            if line.startswith("RssAnon:"):
-                peak[0] = max(peak[0], int(line.split()[1]))
-        time.sleep(0.02)
-threading.Thread(target=watch, daemon=True).start()
-align.align_multi_reference(io.ParticleStack.from_star(sys.argv[1]), n_classes=10, iterations=1, radius=27,
-                            log=lambda *_: None)
-time.sleep(0.05)
-print(peak[0] / 1024)
-"""
-
-
 def rss_run(n, box):
-    """Peak anonymous RSS (MB) of a process running one K=10 iteration over ``n`` particles from disk.
-
-    Anonymous memory is the process's own; the memory-mapped stack's pages are page cache that the
-    kernel can drop, so they are not counted.
-    """
+    """Peak anonymous RSS (MB) the engine reports for one K=10 iteration over ``n`` particles from disk."""
     with tempfile.TemporaryDirectory() as tmp:
         synthetic.make_dataset(tmp, n_particles=n, box=box, n_classes=10, snr=1.0, seed=0, source="slicem")
-        out = subprocess.run([sys.executable, "-c", RSS_PROBE, os.path.join(tmp, "particles.star")],
+        out = subprocess.run([sys.executable, "-m", "cryoralign_plugin.engine.cli", "mra", "--particles",
+                              os.path.join(tmp, "particles.star"), "--out", os.path.join(tmp, "out"),
+                              "--classes", "10", "--iterations", "1", "--radius", "27"],
                              capture_output=True, text=True, check=True)
-    return float(out.stdout.split()[-1])
+    return peak_memory(out.stdout)
+
+
+def peak_memory(log):
+    """The figure of the engine's last line, "... (peak memory N MB per rank)"."""
+    return float(log.rsplit("peak memory", 1)[1].split()[0])
 
 
 def mpi_speedup(n, box):

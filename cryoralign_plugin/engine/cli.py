@@ -10,6 +10,7 @@ import sys
 import traceback
 
 from .errors import InputError
+from .memory import PeakMemory
 
 PROG = "cryoralign-engine"
 
@@ -91,14 +92,16 @@ def run(args, comm):
         log("%s %s: %d particles of %d px, %d MPI rank(s)" % (PROG, args.command, source.count, source.box,
                                                               comm.size))
     common = dict(settings=settings, out_dir=args.out, resume=args.resume, comm=comm, log=log)
-    if args.command == "rfa":
-        align.align_reference_free(source, **common)
-    elif args.references:
-        align.align_multi_reference(source, references=io.read_stack(args.references), **common)
-    else:
-        align.align_multi_reference(source, n_classes=args.classes, **common)
+    with PeakMemory() as memory:
+        if args.command == "rfa":
+            align.align_reference_free(source, **common)
+        elif args.references:
+            align.align_multi_reference(source, references=io.read_stack(args.references), **common)
+        else:
+            align.align_multi_reference(source, n_classes=args.classes, **common)
     if comm.rank == 0:
-        log("results written to %s" % os.path.abspath(args.out))
+        log("results written to %s (peak memory %.0f MB per rank)" % (os.path.abspath(args.out),
+                                                                     memory.megabytes))
 
 
 def info(args):

@@ -96,30 +96,13 @@ def test_a_killed_mpi_rank_ends_the_job(star, tmp_path):
     assert _rank_pids(out) == {}, "orphaned ranks remain"
 
 
-SCALE_PROBE = """
-import sys, threading, time
-from cryoralign_plugin.engine import align, io
-peak = [0]
-def watch():
-    while True:
-        for line in open("/proc/self/status"):
-            if line.startswith("RssAnon:"):
-                peak[0] = max(peak[0], int(line.split()[1]))
-        time.sleep(0.02)
-threading.Thread(target=watch, daemon=True).start()
-align.align_multi_reference(io.ParticleStack.from_star(sys.argv[1]), n_classes=10, iterations=1,
-                            log=lambda text: print(text, flush=True))
-time.sleep(0.05)
-print("peak_rss_mb", peak[0] / 1024)
-"""
-
-
 def _scale_run(tmp, n):
     """Generate ``n`` particles of 64 px on disk and run one K=10 iteration; (peak anon RSS MB, log)."""
     synthetic.make_dataset(str(tmp), n_particles=n, box=64, n_classes=10, snr=1.0, seed=0)
-    done = subprocess.run([sys.executable, "-c", SCALE_PROBE, str(tmp / "particles.star")],
+    done = subprocess.run(ENGINE + ["mra", "--particles", str(tmp / "particles.star"), "--out", str(tmp / "out"),
+                                    "--classes", "10", "--iterations", "1"],
                           capture_output=True, text=True, check=True, timeout=1200)
-    return float(done.stdout.split()[-1]), done.stdout
+    return float(done.stdout.rsplit("peak memory", 1)[1].split()[0]), done.stdout
 
 
 @pytest.mark.slow
