@@ -1,67 +1,9 @@
 """Repository-wide pytest setup: a private, headless Scipion environment.
 
-pyworkflow reads its configuration from ``os.environ`` when it is first imported, so everything here runs
-at import time of this file, before any test module imports pyworkflow/pwem.  Values already set in the
-environment win (``setdefault``), so a real Scipion install can still be used by exporting them.
-
-* ``SCIPION_HOME`` lives in the system temp dir, one per user and checkout, with ``config/hosts.conf``
-  (MPI through the ``mpirun`` of the ``mpich`` wheel installed in the venv).
-* ``SCIPION_PYTHON`` is this interpreter, and its directory goes first on ``PATH``: protocols run in a
-  subprocess and under ``mpirun``, which must find this venv's ``python``, ``mpirun`` and
-  ``cryoralign-engine`` even when the venv is not activated.
-* ``SCIPION_TEST_NOSYNC=1``: test data are generated locally, never downloaded.
+Runs at import time of this file, before any test module imports pyworkflow/pwem (which read the
+environment when first imported); ``cryoralign_plugin.scipion_env`` says what is set and why.
+Importing it does not import pwem (the package loads its Plugin lazily).
 """
-import hashlib
-import os
-import sys
-import tempfile
+from cryoralign_plugin import scipion_env
 
-_ROOT = os.path.dirname(os.path.abspath(__file__))
-
-
-def _uid():
-    try:
-        return str(os.getuid())
-    except AttributeError:   # not POSIX
-        return os.environ.get("USERNAME", "user")
-
-
-_HOME = os.path.join(tempfile.gettempdir(), "cryoralign-scipion-%s-%s" % (
-    _uid(), hashlib.sha1(_ROOT.encode()).hexdigest()[:8]))
-
-HOSTS_CONF = """\
-; Scipion execution hosts, written by cryoralign's conftest.py for the tests.
-; MPI comes from the mpich wheel in the venv (first on PATH); %_(...) is Scipion's substitution syntax.
-[localhost]
-ADDRESS = localhost
-PARALLEL_COMMAND = mpirun -np %_(JOB_NODES)d %_(COMMAND)s
-"""
-
-
-def _setup_environment():
-    home = os.environ.setdefault("SCIPION_HOME", _HOME)
-    os.environ.setdefault("SCIPION_USER_DATA", os.path.join(home, "userdata"))
-    os.environ.setdefault("SCIPION_TESTS", os.path.join(home, "tests"))
-    os.environ.setdefault("SCIPION_DOMAIN", "pwem")
-    os.environ.setdefault("SCIPION_PYTHON", sys.executable)
-    os.environ.setdefault("SCIPION_TEST_NOSYNC", "1")
-    os.environ.setdefault("MPLBACKEND", "Agg")
-
-    config = os.path.join(home, "config")
-    os.makedirs(config, exist_ok=True)
-    for var in ("SCIPION_USER_DATA", "SCIPION_TESTS"):
-        os.makedirs(os.environ[var], exist_ok=True)
-    hosts = os.path.join(config, "hosts.conf")
-    if not os.path.exists(hosts):
-        tmp = "%s.%d.tmp" % (hosts, os.getpid())   # atomic: parallel pytest runs may race here
-        with open(tmp, "w") as f:
-            f.write(HOSTS_CONF)
-        os.replace(tmp, hosts)
-
-    bindir = os.path.dirname(sys.executable)
-    path = os.environ.get("PATH", "")
-    if path.split(os.pathsep)[0] != bindir:
-        os.environ["PATH"] = bindir + (os.pathsep + path if path else "")
-
-
-_setup_environment()
+scipion_env.setup()
