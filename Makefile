@@ -14,6 +14,14 @@ STAMP  := $(VENV)/.cryoralign-installed
 .PHONY: venv test demo bench clean distclean
 
 venv: $(STAMP)
+	@# Xvfb lets the GUI test open Scipion's windows headless; installed only as root with apt-get,
+	@# never fatal (without it that one test is skipped).
+	@command -v Xvfb >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Xvfb (for the GUI test)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb >/dev/null; } || \
+	      echo "warning: could not install xvfb; the GUI test will be skipped" >&2; \
+	  else echo "note: Xvfb is missing (apt-get install xvfb); the GUI test will be skipped"; fi; }
 
 # Re-installs only when the packaging files change; the stamp keeps `make venv` fast otherwise.
 $(STAMP): setup.py requirements.txt
