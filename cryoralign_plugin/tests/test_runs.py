@@ -164,3 +164,24 @@ def test_odd_box_size_works(tmp_path):
     parts, classes, truth = synthetic.make_particles(views, 60, snr=10.0, seed=2)
     res = align.align_multi_reference(parts, references=views, iterations=1, **quiet)
     assert (res.classes == classes).mean() == 1.0 and (res.params[:, MIRROR] == truth[:, MIRROR]).all()
+
+
+def test_auto_stop_ends_a_converged_run():
+    views = synthetic.slicem_references(3, 48, seed=2)
+    parts, _, _ = synthetic.make_particles(views, 150, snr=5.0, seed=3)
+    mra = align.align_multi_reference(parts, references=views, iterations=20, auto_stop=True, **quiet)
+    assert len(mra.history) < 20 and mra.history[-1]["changed"] < 0.005
+    one_view, _, _ = synthetic.make_particles(views[:1], 50, snr=5.0, seed=5)
+    rfa = align.align_reference_free(one_view, iterations=20, auto_stop=True, **quiet)
+    assert len(rfa.history) < 20 and rfa.history[-1]["changed"] < 0.005
+
+
+def test_starved_class_is_reseeded_and_recorded():
+    views = synthetic.slicem_references(2, 48, seed=2)
+    parts, _, _ = synthetic.make_particles(views, 120, snr=5.0, seed=4)
+    # a duplicated reference gets no particle (ties go to the lower class): it must be re-seeded
+    refs = np.stack([views[0], views[0], views[1]])
+    res = align.align_multi_reference(parts, references=refs, iterations=2, balanced_iterations=0, **quiet)
+    events = res.history[0]["reseeded"]
+    assert [e["class"] for e in events] == [2]
+    assert events[0]["members"] > 0 and res.history[0]["class_sizes"][1] == events[0]["members"]
