@@ -39,7 +39,7 @@ def _class_axis(ax, class_ids):
 def gallery(averages, class_ids, sizes, resolutions, unit="A", columns=None, fig=None):
     """Class averages in a grid, each titled with its class id, size and FRC resolution."""
     n = len(averages)
-    columns = columns or max(1, min(n, int(math.ceil(math.sqrt(1.6 * n)))))
+    columns = columns or int(math.ceil(n / max(1, round(math.sqrt(n / 2.5)))))   # about 2.5:1
     rows = int(math.ceil(n / columns))
     fig = _figure(fig, (max(1.7 * columns + 0.2, 3.6), 1.95 * rows + 0.5))
     total = max(int(np.sum(sizes)), 1)
