@@ -6,8 +6,10 @@ their new parameters -> filtered references for the next iteration.  After each 
 state is checkpointed (atomically) so ``resume`` continues from the last complete one.
 """
 import math
+import os
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -222,8 +224,6 @@ def save(out_dir, state):
     io.save_checkpoint(out_dir, state.iteration, arrays, {"history": state.history})
     old = state.iteration - CHECKPOINTS_KEPT
     if old >= 0:
-        import os
-        import shutil
         shutil.rmtree(os.path.join(out_dir, "iter_%03d" % old), ignore_errors=True)
 
 
@@ -242,6 +242,3 @@ def restore(out_dir, count, box, n_classes):
     return State(iteration, arrays["params"], arrays["classes"], arrays["scores"], arrays["references"],
                  arrays["cutoffs"], arrays["averages"], meta["history"])
 
-
-def settings_dict(settings):
-    return asdict(settings)

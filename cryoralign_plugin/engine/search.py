@@ -28,7 +28,7 @@ class Candidates:
     offsets: np.ndarray
 
 
-def check_geometry(box, grid, shift_range, max_offset=0.0):
+def check_geometry(box, grid, shift_range):
     """Refuse a radius that, with the shift search, would sample outside the box."""
     limit = (box - 1) // 2 - 1
     reach = grid.outer_radius + shift_range

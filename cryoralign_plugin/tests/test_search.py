@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from cryoralign_plugin.engine import align, geometry, images, synthetic
-from cryoralign_plugin.engine.backends.cpu import CpuBackend
 from cryoralign_plugin.engine.geometry import MIRROR, PSI, SX, SY
 
 
