@@ -110,7 +110,7 @@ class CryoralignViewer(EmProtocolViewer):
         bySize = ids[np.argsort(-res.sizes[np.searchsorted(res.classIds, ids)], kind='stable')]
         where = np.searchsorted(res.classIds, bySize)
         return self._plot('Class averages', plots.gallery, res.averages(bySize), bySize,
-                          res.sizes[where], res.resolutions[where], unit='A')
+                          res.sizes[where], res.resolutions[where])
 
     def _showSizes(self, paramName=None):
         res = self._results()
