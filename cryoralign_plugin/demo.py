@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from . import scipion_env
+from .engine import geometry, io, synthetic
 
 OUT = os.path.abspath("demo_output")
 USER_DATA = os.path.join(OUT, "ScipionUserData")
@@ -26,7 +27,6 @@ PLOTS = {"rfa": ["displayGallery", "displayAngles", "displayConvergence"],
 
 def make_data():
     """The phantom data set, plus view 1 alone as ``view1/particles.mrcs``; returns the truth."""
-    from .engine import io, synthetic
     data = os.path.join(OUT, "data")
     paths = synthetic.make_dataset(data, n_particles=N_PARTICLES, box=BOX, n_classes=N_CLASSES, snr=SNR,
                                    seed=0, source="phantom")
@@ -38,14 +38,9 @@ def make_data():
     return data, os.path.join(OUT, "view1"), classes, truth, view1
 
 
-def purity(found, truth):
-    return sum(np.bincount(truth[found == k]).max() for k in np.unique(found)) / len(truth)
-
-
 def rfa_consistency(params, truth):
     """Median angle deviation (deg) of an alignment from truth up to one common transform, and the
     fraction of particles whose mirror agrees with the majority."""
-    from .engine import geometry
     g = geometry.combine(geometry.inverse(truth), params)
     same_mirror = g[:, geometry.MIRROR] == np.round(np.median(g[:, geometry.MIRROR]))
     psi = g[same_mirror, geometry.PSI]
@@ -125,7 +120,7 @@ def summarize(rfa, mra, seconds, true_classes, truth, view1):
                                              100.0 * majority.max() / len(index), deviation))
     lines.append("%-34s %s" % ("classification (%d MPI ranks)" % MPI,
                                "%.1f s, purity %.3f, mean score %.3f, median deviation %.2f deg"
-                               % (seconds["mra"], purity(found, true_classes), np.mean(scores),
+                               % (seconds["mra"], synthetic.purity(found, true_classes), np.mean(scores),
                                   np.median(deviations))))
     lines.append("%-34s %s" % ("class sizes", " ".join(str(c.getSize())
                                                         for c in mra.outputClasses.iterItems(orderBy="id"))))

@@ -374,6 +374,12 @@ def read_truth(path):
     return classes, truth
 
 
+def purity(found, truth):
+    """Fraction of particles whose class's majority is their true class (1.0: every class is pure)."""
+    found, truth = np.asarray(found), np.asarray(truth)
+    return sum(np.bincount(truth[found == k]).max() for k in np.unique(found)) / len(truth)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write a synthetic particle set with known truth.")
     parser.add_argument("--out", required=True, help="output directory")

@@ -142,15 +142,10 @@ def test_agrees_with_numpy_oracle():
     assert agree / len(parts) >= 0.99
 
 
-def purity(found, truth, n_classes):
-    """Fraction of particles in their class's majority view."""
-    return sum(np.bincount(truth[found == k]).max() for k in range(n_classes) if (found == k).any()) / len(truth)
-
-
 @pytest.mark.slow
 def test_classification_from_random_starts_does_not_collapse():
     views = synthetic.phantom_views(10, 90, seed=0)
     parts, classes, _ = synthetic.make_particles(views, 2000, snr=0.1, seed=1)
     res = align.align_multi_reference(parts, n_classes=10, iterations=15, seed=0, radius=36, log=lambda *_: None)
-    assert purity(res.classes, classes, 10) >= 0.85
+    assert synthetic.purity(res.classes, classes) >= 0.85
     assert res.class_sizes.min() > 0
