@@ -50,6 +50,16 @@ def ring_length(radius):
     return 2 ** (int(np.floor(np.log2(jp))) + 1)
 
 
+def sampling_limit(box):
+    """How far (px) from the centre a sample may lie and keep its interpolation inside the box."""
+    return (box - 1) // 2 - 1
+
+
+def largest_radius(box, shift_range):
+    """The largest outer ring that, with the shift search, stays inside the box: the default radius."""
+    return int(np.floor(sampling_limit(box) - shift_range))
+
+
 def polar_grid(radius, first_ring=1, ring_step=1):
     """The SPARX full-circle grid for rings ``first_ring..radius`` in steps of ``ring_step``."""
     if first_ring < 1 or ring_step < 1:

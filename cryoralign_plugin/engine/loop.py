@@ -5,7 +5,6 @@ assign each particle its best reference -> re-seed starved classes -> average th
 their new parameters -> filtered references for the next iteration.  After each iteration the
 state is checkpointed (atomically) so ``resume`` continues from the last complete one.
 """
-import math
 import os
 import shutil
 import time
@@ -17,7 +16,7 @@ import numpy as np
 from . import images as imgops
 from . import io, references, search
 from .errors import InputError
-from .geometry import MIRROR, PSI, SX, SY, centre_offsets, polar_grid, shift_grid
+from .geometry import MIRROR, PSI, SX, SY, centre_offsets, largest_radius, polar_grid, shift_grid
 
 CHECKPOINTS_KEPT = 2
 PROGRESS_SECONDS = 10.0  # within an iteration, report progress at most this often
@@ -49,7 +48,7 @@ class Settings:
     def resolved_radius(self, box):
         if self.radius > 0:
             return int(self.radius)
-        return int((box - 1) // 2 - 1 - math.ceil(self.shift_range))
+        return largest_radius(box, self.shift_range)
 
 
 @dataclass
@@ -174,8 +173,7 @@ def iterate(ctx, state, reseed, out_dir=None):
         start = time.perf_counter()
         cand = search_pass(ctx, state.references, state.params)
         if reseed and n_classes > 1 and iteration <= balanced:
-            local_slice = comm.local_slice(ctx.source.count)
-            choice = references.balanced_assignment(comm.allgather(cand.score))[local_slice]
+            choice = references.balanced_assignment(comm.allgather(cand.score))[ctx.local]
         else:
             choice = np.argmax(cand.score, axis=1)  # ties: the lowest class number
         local = search.candidate_params(cand, choice, ctx.shifts, ctx.grid)

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from .errors import InputError
-from .geometry import MIRROR, PSI, SX, SY, rotation
+from .geometry import MIRROR, PSI, SX, SY, largest_radius, rotation, sampling_limit
 
 
 @dataclass
@@ -30,18 +30,18 @@ class Candidates:
 
 def check_geometry(box, grid, shift_range):
     """Refuse a radius that, with the shift search, would sample outside the box."""
-    limit = (box - 1) // 2 - 1
+    limit = sampling_limit(box)
     reach = grid.outer_radius + shift_range
     if reach > limit:
         raise InputError(
             "radius %d + shift range %g = %g px reaches outside the %d px box (at most %d px fits): "
             "use a radius <= %d or a smaller shift range" % (grid.outer_radius, shift_range, reach, box,
-                                                            limit, int(limit - shift_range)))
+                                                            limit, largest_radius(box, shift_range)))
 
 
 def offset_limit(box, grid):
     """Largest centre offset that keeps the particle's rings inside the box (SPARX ``mashi``)."""
-    return max(0.0, (box - 1) // 2 - 1 - grid.outer_radius)
+    return max(0.0, sampling_limit(box) - grid.outer_radius)
 
 
 @njit(cache=True, parallel=True)

@@ -5,7 +5,6 @@ each concrete protocol puts it first in its bases and fills the hooks marked bel
 """
 import importlib.util
 import json
-import math
 import os
 import shlex
 import shutil
@@ -19,14 +18,10 @@ from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
 from .. import Plugin
 from .. import convert
 from ..constants import CHECKPOINT_GLOB, ENGINE_DIR, INPUT_DIR, INPUT_STAR, OUT_HISTORY
+from ..engine.geometry import largest_radius, sampling_limit
 
 # Box size above which the engine gets slow and memory-hungry for no resolution gain in 2D.
 LARGE_BOX = 256
-
-
-def fittingRadius(box, shiftRange):
-    """Largest ring radius (px) whose shift search stays inside the box (the engine's guard)."""
-    return int(math.floor((box - 1) // 2 - 1 - shiftRange))
 
 
 def cudaDeviceCount():
@@ -175,11 +170,11 @@ class CryoralignProtBase:
             errors.append('The particles are %d x %d px: the engine needs square images. Extract '
                           'or resize them to a square box.' % (xdim, ydim))
         shift, radius = src.maximumShift.get(), self._getRadius()
-        limit = (xdim - 1) // 2 - 1
+        limit = sampling_limit(xdim)
         if radius + shift > limit:
             errors.append('Particle radius %d px + shift range %g px does not fit in the %d px box '
                           '(at most %d px): use a radius <= %d px or a smaller shift range.'
-                          % (radius, shift, xdim, limit, fittingRadius(xdim, shift)))
+                          % (radius, shift, xdim, limit, largest_radius(xdim, shift)))
         if radius < src.firstRing.get():
             errors.append('The first ring (%d px) is beyond the particle radius (%d px): lower the '
                           'first ring or enlarge the radius.' % (src.firstRing.get(), radius))
@@ -308,7 +303,7 @@ class CryoralignProtBase:
         src = self._getSourceRun()
         if src.radius.get() > 0:
             return src.radius.get()
-        return fittingRadius(self._getInputParticles().getXDim(), src.maximumShift.get())
+        return largest_radius(self._getInputParticles().getXDim(), src.maximumShift.get())
 
     def _getEngineArgs(self):
         """The engine command line (a string; %(GPU)s is filled in by Scipion)."""

@@ -21,7 +21,8 @@ from cryoralign_plugin import Plugin
 from cryoralign_plugin.convert import geometryFromMatrix2D
 from cryoralign_plugin.engine.geometry import params_to_matrix
 from cryoralign_plugin.protocols import CryoralignProtAlign2D, CryoralignProtClassify2D
-from cryoralign_plugin.protocols.protocol_base import cudaAvailable, fittingRadius
+from cryoralign_plugin.engine.geometry import largest_radius
+from cryoralign_plugin.protocols.protocol_base import cudaAvailable
 
 try:
     import pytest
@@ -155,7 +156,7 @@ class TestPlugin(unittest.TestCase):
         from cryoralign_plugin.engine.geometry import polar_grid
         from cryoralign_plugin.engine.search import check_geometry
         for box, shift in [(48, 3.0), (64, 2.5), (75, 0.0), (128, 6.0)]:
-            radius = fittingRadius(box, shift)
+            radius = largest_radius(box, shift)
             check_geometry(box, polar_grid(radius), shift)
             with self.assertRaises(InputError):
                 check_geometry(box, polar_grid(radius + 1), shift)

@@ -31,8 +31,7 @@ from .. import images as imgops
 from .. import interpolation
 from .. import rings as ring_ops
 from ..errors import InputError
-from ..geometry import MIRROR, PSI, SX, SY, polar_grid, shift_grid
-from ..loop import Settings
+from ..geometry import MIRROR, PSI, SX, SY, largest_radius, polar_grid, shift_grid
 
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
 THREADS = 8 if SIMULATOR else 128         # threads per block (a power of two)
@@ -571,7 +570,7 @@ def describe(write, box=0, n_classes=1, shift_range=3.0):
             free, total = cuda.current_context().get_memory_info()
         line = "cuda: GPU %d %s (%s), %.1f of %.1f GiB free" % (i, _device_name(i), kind, free / 2 ** 30,
                                                                  total / 2 ** 30)
-        radius = Settings(shift_range=shift_range).resolved_radius(box)
+        radius = largest_radius(box, shift_range)
         if radius >= 2:
             grid = polar_grid(radius)
             host = layout(grid)
