@@ -28,6 +28,7 @@ from pwem.emlib.image import ImageHandler
 from pwem.objects import Float, Transform
 
 from .constants import ATTR_PREFIX, TABLE_CLASSES, TABLE_OPTICS, TABLE_PARTICLES
+from .engine import outputs
 from .engine.geometry import MIRROR, PSI, SX, SY, matrix_to_params, params_to_matrix
 
 # Formats the engine reads directly (through mrcfile); anything else is converted.
@@ -209,20 +210,12 @@ class EngineParticles:
     disabled or reordered items can never shift results onto the wrong particle.
     """
     def __init__(self, starFile):
-        types = {"rlnImageId": int, "rlnClassNumber": int, "rlnIsFlip": int,
-                 "rlnAnglePsi": float, "rlnOriginX": float, "rlnOriginY": float,
-                 "rlnCryoralignScore": float, "rlnImageName": str}
-        ids, classes, params, scores = [], [], [], []
-        for row in Table.iterRows(starFile, tableName=TABLE_PARTICLES, types=types):
-            ids.append(row.rlnImageId)
-            classes.append(row.rlnClassNumber)
-            params.append((row.rlnAnglePsi, row.rlnOriginX, row.rlnOriginY, row.rlnIsFlip))
-            scores.append(row.rlnCryoralignScore)
-        order = np.argsort(ids, kind="stable")
-        self.ids = np.asarray(ids, dtype=np.int64)[order]
-        self.classes = np.asarray(classes, dtype=np.int64)[order]
-        self.params = np.asarray(params, dtype=np.float64).reshape(-1, 4)[order]
-        self.scores = np.asarray(scores, dtype=np.float64)[order]
+        found = outputs.read_particles(os.path.dirname(starFile))
+        order = np.argsort(found.ids, kind="stable")
+        self.ids = found.ids[order]
+        self.classes = found.classes[order] + 1      # Scipion class ids are the engine's numbers
+        self.params = found.params[order]
+        self.scores = found.scores[order]
         self.starFile = starFile
 
     def __len__(self):

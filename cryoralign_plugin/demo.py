@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from . import scipion_env
-from .engine import geometry, io, synthetic
+from .engine import io, synthetic
 
 OUT = os.path.abspath("demo_output")
 USER_DATA = os.path.join(OUT, "ScipionUserData")
@@ -39,13 +39,10 @@ def make_data():
 
 
 def rfa_consistency(params, truth):
-    """Median angle deviation (deg) of an alignment from truth up to one common transform, and the
-    fraction of particles whose mirror agrees with the majority."""
-    g = geometry.combine(geometry.inverse(truth), params)
-    same_mirror = g[:, geometry.MIRROR] == np.round(np.median(g[:, geometry.MIRROR]))
-    psi = g[same_mirror, geometry.PSI]
-    centre = np.rad2deg(np.angle(np.exp(1j * np.deg2rad(psi)).mean()))
-    return float(np.median(np.abs((psi - centre + 180.0) % 360.0 - 180.0))), float(same_mirror.mean())
+    """Median angle deviation (deg) from the truth up to one common transform, and the fraction of
+    particles whose mirror agrees with the majority."""
+    angle, _, same_mirror = synthetic.register_errors(params, truth)
+    return float(np.median(angle[same_mirror])), float(same_mirror.mean())
 
 
 def engine_params(particles):

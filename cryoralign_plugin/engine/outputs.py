@@ -1,5 +1,6 @@
 """The run's result files, written atomically by rank 0 (``particles.star`` last: it marks completion)."""
 import os
+from collections import namedtuple
 
 import numpy as np
 
@@ -33,9 +34,9 @@ def particle_table(source, result):
              round(float(result.scores[i]), 6)) for i in range(len(p))]
 
 
-def write(out_dir, source, result, pixel_size=None):
+def write(out_dir, source, result):
     """``classes.mrcs``, ``classes.star``, ``history.json`` and finally ``particles.star``."""
-    pixel_size = pixel_size or source.pixel_size
+    pixel_size = source.pixel_size
     io.write_stack(os.path.join(out_dir, "classes.mrcs"), result.averages, pixel_size=pixel_size)
     io.write_star(os.path.join(out_dir, "classes.star"), {"classes": (CLASS_COLUMNS, class_table(result, pixel_size))})
     io.write_json(os.path.join(out_dir, "history.json"), result.history)
@@ -43,11 +44,17 @@ def write(out_dir, source, result, pixel_size=None):
                   {"particles": (PARTICLE_COLUMNS, particle_table(source, result))})
 
 
+ParticleResults = namedtuple("ParticleResults", "ids classes params scores")
+
+
 def read_particles(out_dir):
-    """``(classes 0-based, params (N, 4), scores)`` from ``particles.star``."""
-    table = io.read_star(os.path.join(out_dir, "particles.star"), "particles")
-    rows = list(table)
-    classes = np.array([r.rlnClassNumber - 1 for r in rows], np.int64)
-    params = np.array([[r.rlnAnglePsi, r.rlnOriginX, r.rlnOriginY, r.rlnIsFlip] for r in rows], np.float64)
-    scores = np.array([r.rlnCryoralignScore for r in rows], np.float64)
-    return classes, params, scores
+    """:class:`ParticleResults` of ``particles.star`` in its row order (the input order).
+
+    ``ids`` are the input's ``rlnImageId``, ``classes`` 0-based, ``params`` ``(N, 4)``.
+    """
+    rows = list(io.read_star(os.path.join(out_dir, "particles.star"), "particles"))
+    return ParticleResults(
+        np.array([r.rlnImageId for r in rows], np.int64).reshape(-1),
+        np.array([r.rlnClassNumber - 1 for r in rows], np.int64).reshape(-1),
+        np.array([[r.rlnAnglePsi, r.rlnOriginX, r.rlnOriginY, r.rlnIsFlip] for r in rows], np.float64).reshape(-1, 4),
+        np.array([r.rlnCryoralignScore for r in rows], np.float64).reshape(-1))

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from .geometry import MIRROR, PSI, SX, SY, inverse
+from .geometry import MIRROR, PSI, SX, SY, combine, inverse
 from .images import circular_mask, transform
 
 SLICEM_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "mixture_2D.mrcs")
@@ -378,6 +378,24 @@ def purity(found, truth):
     """Fraction of particles whose class's majority is their true class (1.0: every class is pure)."""
     found, truth = np.asarray(found), np.asarray(truth)
     return sum(np.bincount(truth[found == k]).max() for k in np.unique(found)) / len(truth)
+
+
+def register_errors(found, truth):
+    """How far an alignment is from the truth up to one common transform, per particle.
+
+    A reference-free average (or a class average) may sit in any orientation, so ``found`` equals
+    ``truth`` followed by one common transform ``g``.  Returns the angle deviation (deg) and shift
+    deviation (px) of each particle's ``g`` from the common one, and whether its mirror agrees with
+    the majority.  The common angle is a circular mean, so it is right across the 0/360 wrap.
+    """
+    g = combine(inverse(truth), found)
+    same = g[:, MIRROR] == np.round(np.median(g[:, MIRROR]))
+    rad = np.deg2rad(g[same, PSI])
+    centre = np.rad2deg(np.arctan2(np.sin(rad).mean(), np.cos(rad).mean()))
+    angle = np.abs((g[:, PSI] - centre + 180.0) % 360.0 - 180.0)
+    shifts = g[:, [SX, SY]]
+    shift = np.hypot(*(shifts - np.median(shifts[same], axis=0)).T)
+    return angle, shift, same
 
 
 def main(argv=None):

@@ -21,8 +21,8 @@ class RunResults:
     def __init__(self, extraDir):
         self.engineDir = os.path.join(extraDir, ENGINE_DIR)
         self.inputStar = os.path.join(extraDir, INPUT_DIR, INPUT_STAR)
-        classes, self.params, self.scores = outputs.read_particles(self.engineDir)
-        self.classes = classes + 1
+        found = outputs.read_particles(self.engineDir)
+        self.params, self.scores, self.classes = found.params, found.scores, found.classes + 1
         self.history = io.read_json(os.path.join(self.engineDir, OUT_HISTORY))
         engineClasses = convert.readEngineClasses(self.engineDir)
         self.classIds = np.array(sorted(engineClasses), dtype=np.int64)
