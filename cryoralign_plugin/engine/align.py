@@ -23,9 +23,7 @@ def _context(particles, settings, comm, log):
     comm = comm or parallel.world()
     if settings.iterations < 1:
         raise InputError("iterations must be >= 1 (got %d)" % settings.iterations)
-    backend = get_backend(settings.backend, settings.threads, settings.gpu, comm.rank)
-    if hasattr(backend, "screen"):
-        backend.screen = settings.screen
+    backend = get_backend(settings.backend, settings.threads, settings.gpu, comm.rank, settings.screen)
     log = log if comm.rank == 0 else (lambda *_: None)
     fallback = backend.name == "cpu" and settings.gpu
     log("backend: %s%s" % (backend.name, " (no usable GPU found: running on the CPU)" if fallback else ""))

@@ -2,8 +2,12 @@
 from ..errors import InputError
 
 
-def get_backend(name="auto", threads=None, gpu=None, rank=0):
-    """The backend called ``name`` (``auto`` picks CUDA when a usable GPU exists, else CPU)."""
+def get_backend(name="auto", threads=None, gpu=None, rank=0, screen=32):
+    """The backend called ``name`` (``auto`` picks CUDA when a usable GPU exists, else CPU).
+
+    ``screen`` is the CPU search's screening bandwidth (None: exhaustive); the GPU search is
+    always exhaustive.
+    """
     if name not in ("auto", "cpu", "cuda"):
         raise InputError("unknown backend %r: use auto, cpu or cuda" % name)
     if name in ("auto", "cuda"):
@@ -18,4 +22,4 @@ def get_backend(name="auto", threads=None, gpu=None, rank=0):
                              "install the 'gpu' extra (pip install scipion-em-cryoralign[gpu]) on a GPU "
                              "machine, or use --backend cpu")
     from .cpu import CpuBackend
-    return CpuBackend(threads=threads)
+    return CpuBackend(threads=threads, screen=screen)

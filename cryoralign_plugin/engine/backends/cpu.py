@@ -174,6 +174,11 @@ class PreparedReferences:
     dense: object
     screen_length: int
 
+    @property
+    def n_mirror(self):
+        """Correlations per (reference, shift): straight, and mirrored when searched."""
+        return 2 if self.mirror else 1
+
 
 class CpuBackend:
     """The default backend; ``threads`` workers each run a block of particles end to end."""
@@ -236,15 +241,14 @@ class CpuBackend:
                     _peaks(self._correlate(operands, k, refs), k, score[sl], shift[sl], flip[sl], angle[sl])
                 return
             particles = ring_ops.dense(spectra, grid)
-            n_mirror = 2 if refs.mirror else 1
-            keep = min(self.keep, refs.n_shifts * n_mirror)
+            keep = min(self.keep, refs.n_shifts * refs.n_mirror)
             chosen = np.empty((sl.stop - sl.start, keep), np.int64)
             fine = np.empty((sl.stop - sl.start, keep, grid.maxrin // 2 + 1), np.complex64)
             for k in range(refs.n_refs):
                 _screen(self._correlate(operands, k, refs), keep, chosen)
-                _fine_spectra(particles, refs.dense[k], grid.lengths // 2, chosen, n_mirror, fine)
+                _fine_spectra(particles, refs.dense[k], grid.lengths // 2, chosen, refs.n_mirror, fine)
                 ccf = scipy.fft.irfft(fine, n=grid.maxrin, axis=-1, workers=1)
-                _fine_peaks(ccf, chosen, n_mirror, k, score[sl], shift[sl], flip[sl], angle[sl])
+                _fine_peaks(ccf, chosen, refs.n_mirror, k, score[sl], shift[sl], flip[sl], angle[sl])
 
         with threadpool_limits(1, user_api="blas"):
             if self.threads == 1 or len(starts) == 1:
@@ -257,7 +261,7 @@ class CpuBackend:
 
     @staticmethod
     def _block_size(refs, grid):
-        columns = refs.n_shifts * (2 if refs.mirror else 1)
+        columns = refs.n_shifts * refs.n_mirror
         length = refs.screen_length
         per_particle = columns * ((length // 2 + 1) * (8 + 8) + length * 4) + len(grid.radii) * grid.maxrin * 8
         return int(max(1, min(64, BLOCK_BYTES // per_particle)))
@@ -279,7 +283,7 @@ class CpuBackend:
         products = np.empty((n_freq, count, refs.bands[0].operand.shape[3]), np.float32)
         for lhs, band in zip(operands, refs.bands):
             np.matmul(lhs, band.operand[k], out=products[band.freqs])
-        spectrum = np.empty((count, refs.n_shifts, 2 if refs.mirror else 1, n_freq), np.complex64)
+        spectrum = np.empty((count, refs.n_shifts, refs.n_mirror, n_freq), np.complex64)
         _assemble(products, refs.n_shifts, refs.mirror, spectrum)
         return scipy.fft.irfft(spectrum, n=refs.screen_length, axis=-1, workers=1)
 
