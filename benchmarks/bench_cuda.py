@@ -16,6 +16,7 @@ from numba import cuda as numba_cuda
 
 from cryoralign_plugin.engine import io, loop, parallel, search, synthetic
 from cryoralign_plugin.engine.backends import cuda
+from cryoralign_plugin.engine.settings import Settings
 
 
 def timed(fn, *args):
@@ -55,8 +56,8 @@ def main():
     box, radius, shift_range = 130, 52, 3.0
     refs = synthetic.slicem_references(args.classes, box, seed=0)
     parts, _, _ = synthetic.make_particles(refs, args.particles, snr=1.0, seed=1, radius=radius)
-    settings = loop.Settings(radius=radius, shift_range=shift_range, backend="cuda", iterations=1,
-                             batch_size=args.particles, gpu=[args.gpu])
+    settings = Settings(radius=radius, shift_range=shift_range, backend="cuda", iterations=1,
+                        batch_size=args.particles, gpu=[args.gpu])
     backend = cuda.CudaBackend(gpu=[args.gpu])
     ctx = loop.Context(io.ParticleStack.from_array(parts), settings, parallel.Serial(), backend, lambda *_: None)
     warm = loop.Context(io.ParticleStack.from_array(parts[:64]), settings, parallel.Serial(), backend,

@@ -15,12 +15,12 @@ import numpy as np
 
 from cryoralign_plugin.engine import io, loop, parallel, synthetic
 from cryoralign_plugin.engine.backends import get_backend
+from cryoralign_plugin.engine.settings import Settings
 
 
 def one_iteration(particles, refs, n_classes, threads):
     """Seconds of one MRA iteration and its phase split (search, averages)."""
-    settings = loop.Settings(radius=27, shift_range=3, shift_step=1, threads=threads, backend="cpu",
-                             iterations=1)
+    settings = Settings(radius=27, shift_range=3, shift_step=1, threads=threads, backend="cpu", iterations=1)
     ctx = loop.Context(io.ParticleStack.from_array(particles), settings, parallel.Serial(),
                        get_backend("cpu", threads), lambda *_: None)
     t0 = time.perf_counter()

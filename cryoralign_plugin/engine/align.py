@@ -10,6 +10,7 @@ from . import images as imgops
 from . import io, loop, outputs, parallel, references as reference_ops
 from .backends import get_backend
 from .errors import InputError
+from .settings import Settings
 
 
 def _source(particles):
@@ -23,7 +24,7 @@ def _context(particles, settings, comm, log):
     comm = comm or parallel.world()
     if settings.iterations < 1:
         raise InputError("iterations must be >= 1 (got %d)" % settings.iterations)
-    backend = get_backend(settings.backend, settings.threads, settings.gpu, comm.rank, settings.screen)
+    backend = get_backend(settings.backend, settings.threads, settings.gpu, comm.rank, settings.exhaustive)
     log = log if comm.rank == 0 else (lambda *_: None)
     fallback = backend.name == "cpu" and settings.gpu
     log("backend: %s%s" % (backend.name, " (no usable GPU found: running on the CPU)" if fallback else ""))
@@ -55,9 +56,9 @@ def _run(ctx, state, reseed, out_dir, resume):
 def align_reference_free(particles, settings=None, out_dir=None, resume=False, comm=None, log=print, **options):
     """Iterative reference-free alignment (SPARX ``ali2d``): average -> align to it -> repeat.
 
-    ``options`` are :class:`~.loop.Settings` fields (radius, shift_range, iterations, ...).
+    ``options`` are :class:`~.settings.Settings` fields (radius, shift_range, iterations, ...).
     """
-    settings = settings or loop.Settings(**options)
+    settings = settings or Settings(**options)
     ctx = _context(particles, settings, comm, log)
     params = _initial_params(ctx)
     classes = np.zeros(ctx.source.count, np.int64)
@@ -76,7 +77,7 @@ def align_multi_reference(particles, n_classes=None, references=None, settings=N
     Random particles are drawn with ``settings.seed``; starved classes are re-seeded (see
     :func:`~.references.reseed_starved`) so the classes do not collapse into a few.
     """
-    settings = settings or loop.Settings(**options)
+    settings = settings or Settings(**options)
     ctx = _context(particles, settings, comm, log)
     refs = _initial_references(ctx, n_classes, references)
     count = ctx.source.count

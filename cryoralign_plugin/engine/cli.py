@@ -8,42 +8,67 @@ import os
 import platform
 import sys
 import traceback
+from dataclasses import fields
 
 from .errors import InputError
 from .memory import PeakMemory
+from .settings import Settings
 
 PROG = "cryoralign-engine"
+DEFAULTS = Settings()
+
+
+def _gpu_ids(text):
+    """``"0 1"`` or ``"0,1"`` -> ``[0, 1]``; an empty string (Scipion without GPUs) -> None."""
+    return [int(g) for g in text.replace(",", " ").split()] or None
 
 
 def _common(parser):
+    d = DEFAULTS
     parser.add_argument("--particles", required=True, help="input STAR file (table 'particles')")
     parser.add_argument("--out", required=True, help="output directory")
     g = parser.add_argument_group("search")
-    g.add_argument("--radius", type=int, default=-1, help="outer ring in px (default: largest that fits)")
-    g.add_argument("--first-ring", type=int, default=1)
-    g.add_argument("--ring-step", type=int, default=1)
-    g.add_argument("--shift-range", type=float, default=3.0, help="px, searched each iteration")
-    g.add_argument("--shift-step", type=float, default=1.0, help="px (sub-pixel steps allowed)")
-    g.add_argument("--no-mirror", action="store_true", help="do not search mirrored particles")
-    g.add_argument("--exhaustive", action="store_true",
+    g.add_argument("--radius", type=int, default=d.radius,
+                   help="outer ring in px (default: automatic, the largest that fits with the shift range)")
+    g.add_argument("--first-ring", type=int, default=d.first_ring,
+                   help="innermost ring in px (default: %(default)s)")
+    g.add_argument("--ring-step", type=int, default=d.ring_step, help="px between rings (default: %(default)s)")
+    g.add_argument("--shift-range", type=float, default=d.shift_range,
+                   help="px, searched each iteration (default: %(default)s)")
+    g.add_argument("--shift-step", type=float, default=d.shift_step,
+                   help="px, sub-pixel steps allowed (default: %(default)s)")
+    g.add_argument("--no-mirror", dest="mirror", action="store_false", default=d.mirror,
+                   help="do not search mirrored particles")
+    g.add_argument("--exhaustive", action="store_true", default=d.exhaustive,
                    help="scan every (shift, mirror) at full resolution instead of screening first")
     g = parser.add_argument_group("iterations")
-    g.add_argument("--iterations", type=int, default=10)
-    g.add_argument("--auto-stop", action="store_true", help="stop when < --stop-fraction change")
-    g.add_argument("--stop-fraction", type=float, default=0.005)
-    g.add_argument("--center", action="store_true", help="centre the references on their centre of mass")
-    g.add_argument("--use-prior", action="store_true", help="start from the input STAR's alignment")
+    g.add_argument("--iterations", type=int, default=d.iterations,
+                   help="at most this many (default: %(default)s)")
+    g.add_argument("--auto-stop", action="store_true", default=d.auto_stop,
+                   help="stop when < --stop-fraction change")
+    g.add_argument("--stop-fraction", type=float, default=d.stop_fraction,
+                   help="fraction of the particles, see --auto-stop (default: %(default)s)")
+    g.add_argument("--center", action="store_true", default=d.center,
+                   help="center the references on their center of mass")
+    g.add_argument("--use-prior", action="store_true", default=d.use_prior,
+                   help="start from the input STAR's alignment")
     g = parser.add_argument_group("compute")
-    g.add_argument("--backend", choices=("auto", "cpu", "cuda"), default="auto")
-    g.add_argument("--gpu", default="", help='GPU ids, e.g. "0 1" (MPI rank i uses gpu[i %% n])')
-    g.add_argument("--threads", type=int, default=0, help="CPU threads per rank (0: all cores)")
-    g.add_argument("--batch-size", type=int, default=2048, help="particles read and searched at a time")
+    g.add_argument("--backend", choices=("auto", "cpu", "cuda"), default=d.backend,
+                   help="auto: CUDA where a usable GPU is found, else CPU (default: %(default)s)")
+    g.add_argument("--gpu", type=_gpu_ids, default=d.gpu,
+                   help='GPU ids, e.g. "0 1"; MPI rank i uses gpu[i %% n] (default: automatic, GPU 0)')
+    g.add_argument("--threads", type=int, default=d.threads,
+                   help="CPU threads per rank (default: automatic, all cores)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="particles read and searched at a time (default: %(default)s)")
     g.add_argument("--continue", dest="resume", action="store_true",
                    help="resume from the last complete iteration in --out")
-    g.add_argument("--pixel-size", type=float, default=0.0, help="A/px for resolutions (default: input's)")
+    g.add_argument("--pixel-size", type=float, default=None,
+                   help="A/px for resolutions (default: automatic, the input's)")
 
 
 def build_parser():
+    d = DEFAULTS
     parser = argparse.ArgumentParser(prog=PROG, description="2D alignment and classification by polar "
                                      "resampling (reference-free and multireference).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,36 +79,34 @@ def build_parser():
     start = mra.add_mutually_exclusive_group(required=True)
     start.add_argument("--classes", type=int, help="number of classes, seeded from random particles")
     start.add_argument("--references", help="MRC stack of initial references")
-    mra.add_argument("--seed", type=int, default=0, help="random seed for the initial references")
-    mra.add_argument("--min-members", type=int, default=-1,
-                     help="re-seed classes with fewer members (default: N / (4 K))")
-    mra.add_argument("--balanced-iterations", type=int, default=-1,
-                     help="equal-size assignment for this many first iterations (default: half)")
+    mra.add_argument("--seed", type=int, default=d.seed,
+                     help="random seed for the initial references (default: %(default)s)")
+    mra.add_argument("--min-members", type=int, default=d.min_members,
+                     help="re-seed classes with fewer members (default: automatic, N / (4 K), at least 2)")
+    mra.add_argument("--balanced-iterations", type=int, default=d.balanced_iterations,
+                     help="equal-size assignment for this many first iterations (default: automatic, half "
+                          "of --iterations)")
     info = sub.add_parser("info", help="versions, backends, GPUs and MPI size")
     info.add_argument("--box", type=int, default=0, help="with --classes and --shift-range: batch size")
     info.add_argument("--classes", type=int, default=1)
-    info.add_argument("--shift-range", type=float, default=3.0)
+    info.add_argument("--shift-range", type=float, default=d.shift_range)
     return parser
 
 
 def settings_from(args):
-    from .loop import Settings
-    gpu = [int(g) for g in args.gpu.replace(",", " ").split()] if args.gpu.strip() else None
-    return Settings(radius=args.radius, first_ring=args.first_ring, ring_step=args.ring_step,
-                    shift_range=args.shift_range, shift_step=args.shift_step, mirror=not args.no_mirror,
-                    iterations=args.iterations, auto_stop=args.auto_stop, stop_fraction=args.stop_fraction,
-                    center=args.center, seed=getattr(args, "seed", 0),
-                    min_members=getattr(args, "min_members", -1),
-                    balanced_iterations=getattr(args, "balanced_iterations", -1),
-                    batch_size=args.batch_size, use_prior=args.use_prior, backend=args.backend,
-                    threads=args.threads or None, gpu=gpu, screen=None if args.exhaustive else 32)
+    """The :class:`Settings` of parsed ``rfa``/``mra`` arguments (each flag's dest is a field name)."""
+    given = vars(args)
+    return Settings(**{f.name: given[f.name] for f in fields(Settings) if f.name in given})
 
 
 def run(args, comm):
     from . import align, io
     settings = settings_from(args)
     source = io.ParticleStack.from_star(args.particles)
-    if args.pixel_size > 0:
+    if args.pixel_size is not None:
+        if args.pixel_size <= 0:
+            raise InputError("the pixel size must be > 0 A/px (got %g): leave --pixel-size out to use the "
+                             "input's" % args.pixel_size)
         source.pixel_size = args.pixel_size
     log = lambda text: print(text, flush=True)
     if comm.size > 1:  # lets a launcher's report of a dead process ("PID ...") be traced to its rank

@@ -9,46 +9,16 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
 from . import images as imgops
 from . import io, references, search
 from .errors import InputError
-from .geometry import MIRROR, PSI, SX, SY, centre_offsets, largest_radius, polar_grid, shift_grid
+from .geometry import MIRROR, PSI, SX, SY, centre_offsets, polar_grid, shift_grid
 
 CHECKPOINTS_KEPT = 2
 PROGRESS_SECONDS = 10.0  # within an iteration, report progress at most this often
-
-
-@dataclass
-class Settings:
-    """Every option of a run; the CLI flags map one to one onto these fields."""
-    radius: int = -1               # outer ring (px); -1: largest that fits with the shift range
-    first_ring: int = 1
-    ring_step: int = 1
-    shift_range: float = 3.0       # px, searched on a square grid around the current centre
-    shift_step: float = 1.0        # px, sub-pixel steps allowed
-    mirror: bool = True
-    iterations: int = 10
-    auto_stop: bool = False        # stop once fewer than stop_fraction of the particles change
-    stop_fraction: float = 0.005
-    center: bool = False           # centre the references on their centre of mass
-    seed: int = 0
-    min_members: int = -1          # re-seed classes smaller than this; -1: N / (4 K), at least 2
-    balanced_iterations: int = -1  # equal-size assignment for the first iterations; -1: half of them
-    batch_size: int = 2048
-    use_prior: bool = False        # start from the input's alignment instead of zero
-    backend: str = "auto"
-    threads: Optional[int] = None
-    gpu: Optional[list] = None
-    screen: Optional[int] = 32     # screening frequencies of the coarse stage; None: exhaustive
-
-    def resolved_radius(self, box):
-        if self.radius > 0:
-            return int(self.radius)
-        return largest_radius(box, self.shift_range)
 
 
 @dataclass
@@ -74,6 +44,9 @@ class Context:
         self.source, self.settings, self.comm, self.backend, self.log = source, settings, comm, backend, log
         box = source.box
         self.radius = settings.resolved_radius(box)
+        if settings.radius is not None and self.radius < 2:
+            raise InputError("a radius of %d px is too small: use a radius of at least 2 px, or leave it out "
+                             "(automatic: the largest that fits)" % self.radius)
         if self.radius < 2:
             raise InputError("the %d px box is too small for a shift range of %g px: use a smaller shift "
                              "range or larger images" % (box, settings.shift_range))
@@ -163,12 +136,8 @@ def iterate(ctx, state, reseed, out_dir=None):
     """Run iterations ``state.iteration + 1 ..`` up to the limit (or auto-stop); return the state."""
     settings, comm = ctx.settings, ctx.comm
     n_classes = len(state.references)
-    min_members = settings.min_members
-    if min_members < 0:
-        min_members = max(2, ctx.source.count // (4 * n_classes))
-    balanced = settings.balanced_iterations
-    if balanced < 0:
-        balanced = settings.iterations // 2
+    min_members = settings.resolved_min_members(ctx.source.count, n_classes)
+    balanced = settings.resolved_balanced_iterations()
     for iteration in range(state.iteration + 1, settings.iterations + 1):
         start = time.perf_counter()
         cand = search_pass(ctx, state.references, state.params)

@@ -19,9 +19,15 @@ from .. import Plugin
 from .. import convert
 from ..constants import CHECKPOINT_GLOB, ENGINE_DIR, INPUT_DIR, INPUT_STAR, OUT_HISTORY
 from ..engine.geometry import largest_radius, sampling_limit
+from ..engine.settings import Settings
 
 # Box size above which the engine gets slow and memory-hungry for no resolution gain in 2D.
 LARGE_BOX = 256
+
+# The engine's defaults, which the form's defaults are.  Where the engine's is automatic (None), the
+# form uses -1 as Scipion and RELION forms do; _getEngineArgs translates it back.
+DEFAULTS = Settings()
+AUTOMATIC = -1
 
 
 def cudaDeviceCount():
@@ -57,41 +63,47 @@ class CryoralignProtBase:
                       important=True, condition='not doContinue',
                       label=pwutils.Message.LABEL_INPUT_PART,
                       help='Square particle images. Stacks in MRC format are linked, not copied.')
-        form.addParam('usePriorAlignment', params.BooleanParam, default=False,
+        form.addParam('usePriorAlignment', params.BooleanParam, default=DEFAULTS.use_prior,
                       condition='not doContinue', label='Start from the input alignment?',
                       help='Use the 2D alignment stored in the input particles as the starting '
                            'parameters instead of starting from zero.')
         self._defineInputParams(form)
 
         form.addSection(label='Alignment')
-        form.addParam('numberOfIterations', params.IntParam, default=10,
+        form.addParam('numberOfIterations', params.IntParam, default=DEFAULTS.iterations,
                       validators=[params.Positive], label='Number of iterations',
                       help='Iterations in total; when continuing, those already done count too.')
-        form.addParam('doAutoStop', params.BooleanParam, default=False,
+        form.addParam('doAutoStop', params.BooleanParam, default=DEFAULTS.auto_stop,
                       label='Stop when converged?',
                       help='Stop before the last iteration once the averages stop improving.')
-        form.addParam('radius', params.IntParam, default=-1, condition='not doContinue',
+        form.addParam('radius', params.IntParam, default=AUTOMATIC, condition='not doContinue',
                       label='Particle radius (px)',
-                      help='Outer radius of the polar rings. -1 takes the largest radius for '
-                           'which rings plus shift search stay inside the box.')
-        form.addParam('maximumShift', params.FloatParam, default=3.0, condition='not doContinue',
+                      help='Outer radius of the polar rings. -1 (automatic) takes the largest '
+                           'radius for which rings plus shift search stay inside the box.')
+        form.addParam('maximumShift', params.FloatParam, default=DEFAULTS.shift_range,
+                      condition='not doContinue',
                       validators=[params.GE(0)], label='Shift search range (px)',
                       help='Translations from -range to +range are tried in each iteration.')
-        form.addParam('shiftStep', params.FloatParam, default=1.0, condition='not doContinue',
+        form.addParam('shiftStep', params.FloatParam, default=DEFAULTS.shift_step,
+                      condition='not doContinue',
                       expertLevel=params.LEVEL_ADVANCED, label='Shift step (px)',
                       help='Spacing of the trial shifts; sub-pixel steps are honoured. The '
                            'cost grows with (2 range / step + 1)^2.')
-        form.addParam('firstRing', params.IntParam, default=1, condition='not doContinue',
+        form.addParam('firstRing', params.IntParam, default=DEFAULTS.first_ring,
+                      condition='not doContinue',
                       validators=[params.Positive], expertLevel=params.LEVEL_ADVANCED,
                       label='First ring (px)', help='Innermost ring of the polar grid.')
-        form.addParam('ringStep', params.IntParam, default=1, condition='not doContinue',
+        form.addParam('ringStep', params.IntParam, default=DEFAULTS.ring_step,
+                      condition='not doContinue',
                       validators=[params.Positive], expertLevel=params.LEVEL_ADVANCED,
                       label='Ring step (px)', help='Spacing of the polar rings.')
-        form.addParam('doMirror', params.BooleanParam, default=True, condition='not doContinue',
+        form.addParam('doMirror', params.BooleanParam, default=DEFAULTS.mirror,
+                      condition='not doContinue',
                       label='Search mirrors?',
                       help='Also try the mirrored particle; needed unless all views have the '
                            'same handedness on the grid.')
-        form.addParam('doCenter', params.BooleanParam, default=False, condition='not doContinue',
+        form.addParam('doCenter', params.BooleanParam, default=DEFAULTS.center,
+                      condition='not doContinue',
                       expertLevel=params.LEVEL_ADVANCED, label='Centre the averages?',
                       help='Move each average onto its centre of mass between iterations, which '
                            'stops the particle shifts from drifting together.')
@@ -104,10 +116,11 @@ class CryoralignProtBase:
         form.addHidden(GPU_LIST, params.StringParam, default='0',
                        expertLevel=params.LEVEL_ADVANCED, label='Choose GPU IDs',
                        help='GPU device ids, e.g. "0 1"; MPI rank i uses GPU ids[i % len(ids)].')
-        form.addParam('batchSize', params.IntParam, default=0, validators=[params.GE(0)],
-                      expertLevel=params.LEVEL_ADVANCED, label='Batch size (particles)',
-                      help="Particles read and searched at a time; 0 keeps the engine's "
-                           'default. Lower it if a GPU runs out of memory.')
+        form.addParam('batchSize', params.IntParam, default=DEFAULTS.batch_size,
+                      validators=[params.Positive], expertLevel=params.LEVEL_ADVANCED,
+                      label='Batch size (particles)',
+                      help='Particles read and searched at a time. Lower it if a GPU runs out of '
+                           'memory.')
         form.addParam('extraParams', params.StringParam, default='',
                       expertLevel=params.LEVEL_ADVANCED, label='Additional engine arguments',
                       help='Appended to the cryoralign-engine command line as they are.')
@@ -313,14 +326,13 @@ class CryoralignProtBase:
                 '--radius', self._getRadius(), '--first-ring', src.firstRing.get(),
                 '--ring-step', src.ringStep.get(), '--shift-range', src.maximumShift.get(),
                 '--shift-step', src.shiftStep.get(), '--iterations', self.numberOfIterations.get(),
-                '--threads', max(1, self.numberOfThreads.get())]
+                '--threads', max(1, self.numberOfThreads.get()),
+                '--batch-size', self.batchSize.get()]
         flags = [(not src.doMirror, '--no-mirror'), (src.doCenter, '--center'),
                  (self.doAutoStop, '--auto-stop'),
                  (src.usePriorAlignment, '--use-prior'), (self.doContinue, '--continue')]
         args += [flag for on, flag in flags if on]
         args += self._getMethodArgs(src)
-        if self.batchSize.get() > 0:
-            args += ['--batch-size', self.batchSize.get()]
         args = [shlex.quote(str(a)) for a in args]
         if self.extraParams.get():
             args.append(self.extraParams.get().strip())

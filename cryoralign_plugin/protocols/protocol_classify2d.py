@@ -9,7 +9,7 @@ from pyworkflow.constants import BETA
 from .. import convert
 from ..constants import (MRA, OUT_CLASSES_STACK, OUT_CLASSES_STAR, OUT_PARTICLES,
                          REFERENCES_STACK)
-from .protocol_base import CryoralignProtBase
+from .protocol_base import AUTOMATIC, DEFAULTS, CryoralignProtBase
 
 
 class outputs(Enum):
@@ -44,11 +44,11 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
                            'size as the particles.')
 
     def _defineAlignmentParams(self, form):
-        form.addParam('minMembers', params.IntParam, default=-1, condition='not doContinue',
+        form.addParam('minMembers', params.IntParam, default=AUTOMATIC, condition='not doContinue',
                       expertLevel=params.LEVEL_ADVANCED, label='Minimum class size',
                       help='A class with fewer members takes over the worse-fitting half of '
                            'the largest class. -1: automatic, N / (4 K) but at least 2.')
-        form.addParam('seed', params.IntParam, default=0, condition='not doContinue',
+        form.addParam('seed', params.IntParam, default=DEFAULTS.seed, condition='not doContinue',
                       expertLevel=params.LEVEL_ADVANCED, label='Random seed',
                       help='Seeds the choice of random initial references; the same seed and input '
                            'give the same classes.')
@@ -63,7 +63,7 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
             args = ['--references', self._getInputPath(REFERENCES_STACK)]
         else:
             args = ['--classes', src.numberOfClasses.get(), '--seed', src.seed.get()]
-        if src.minMembers.get() >= 0:
+        if src.minMembers.get() >= 0:  # else automatic: left to the engine
             args += ['--min-members', src.minMembers.get()]
         return args
 

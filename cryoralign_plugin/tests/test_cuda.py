@@ -123,7 +123,7 @@ def cpu_rings(data):
 
 
 def cpu_search(parts, refs, grid, mirror):
-    cpu = CpuBackend(threads=1, screen=None)
+    cpu = CpuBackend(threads=1, exhaustive=True)
     return np.array([a.astype(np.float64) for a in cpu.search(parts, cpu.prepare_references(refs, grid, mirror),
                                                               grid)])
 

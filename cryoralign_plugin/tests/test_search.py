@@ -62,7 +62,7 @@ def test_found_parameters_reproduce_the_reference(views64):
 def test_screening_matches_exhaustive_search(views64):
     parts, _, _ = synthetic.make_particles(views64, 200, snr=0.5, seed=7)
     fast = one_search(parts, views64, radius=27)
-    full = one_search(parts, views64, radius=27, screen=None)
+    full = one_search(parts, views64, radius=27, exhaustive=True)
     same = (fast.classes == full.classes) & (fast.params[:, MIRROR] == full.params[:, MIRROR]) \
         & (angle_error(fast.params, full.params) < 1e-3)
     assert same.mean() >= 0.99

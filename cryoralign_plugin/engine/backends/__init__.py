@@ -2,11 +2,11 @@
 from ..errors import InputError
 
 
-def get_backend(name="auto", threads=None, gpu=None, rank=0, screen=32):
+def get_backend(name="auto", threads=None, gpu=None, rank=0, exhaustive=False):
     """The backend called ``name`` (``auto`` picks CUDA when a usable GPU exists, else CPU).
 
-    ``screen`` is the CPU search's screening bandwidth (None: exhaustive); the GPU search is
-    always exhaustive.
+    ``exhaustive`` makes the CPU search skip its screening stage; the GPU search is always
+    exhaustive.
     """
     if name not in ("auto", "cpu", "cuda"):
         raise InputError("unknown backend %r: use auto, cpu or cuda" % name)
@@ -22,4 +22,4 @@ def get_backend(name="auto", threads=None, gpu=None, rank=0, screen=32):
                              "install the 'gpu' extra (pip install scipion-em-cryoralign[gpu]) on a GPU "
                              "machine, or use --backend cpu")
     from .cpu import CpuBackend
-    return CpuBackend(threads=threads, screen=screen)
+    return CpuBackend(threads=threads, exhaustive=exhaustive)

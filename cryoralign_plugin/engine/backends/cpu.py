@@ -7,9 +7,9 @@ ring spectra, ``R`` reference ring spectra).  Frequencies that only the longer r
 bands with fewer rows, so no work is spent on zeros.
 
 Coarse to fine: every (reference, shift, mirror) is first screened on the correlation low-passed
-to ``screen`` angular frequencies (short inverse FFTs); the ``keep`` best (shift, mirror) pairs of
-each (particle, reference) are then correlated at full resolution and the best of those is the
-answer.  With ``screen=None`` the full-resolution correlation of every pair is scanned (exhaustive).
+to ``SCREEN_FREQUENCIES`` angular frequencies (short inverse FFTs); the ``keep`` best (shift, mirror)
+pairs of each (particle, reference) are then correlated at full resolution and the best of those is
+the answer.  With ``exhaustive`` the full-resolution correlation of every pair is scanned.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 from .. import images as imgops
 from .. import interpolation
 from .. import rings as ring_ops
+from ..settings import SCREEN_FREQUENCIES
 
 BLOCK_BYTES = 48 * 2 ** 20  # working memory per worker thread
 
@@ -184,9 +185,9 @@ class CpuBackend:
     """The default backend; ``threads`` workers each run a block of particles end to end."""
     name = "cpu"
 
-    def __init__(self, threads=None, screen=32, keep=3):
+    def __init__(self, threads=None, exhaustive=False, keep=3):
         self.threads = max(1, int(threads or os.cpu_count() or 1))
-        self.screen = screen
+        self.exhaustive = exhaustive
         self.keep = keep
 
     # --- resampling -------------------------------------------------------
@@ -204,8 +205,8 @@ class CpuBackend:
         n_refs, n_shifts = rings.shape[:2]
         spectra = ring_ops.ring_spectra(rings.reshape(n_refs * n_shifts, -1), grid, weighted=True)
         length = grid.maxrin
-        if self.screen is not None and 2 * self.screen < grid.maxrin:
-            length = 2 * self.screen
+        if not self.exhaustive and 2 * SCREEN_FREQUENCIES < grid.maxrin:
+            length = 2 * SCREEN_FREQUENCIES
         dense = None
         if length < grid.maxrin:
             dense = ring_ops.dense(spectra, grid).reshape(n_refs, n_shifts, len(grid.radii), -1)
