@@ -10,10 +10,7 @@ from pyworkflow import SPA
 from pyworkflow.config import VarTypes
 
 from .constants import CRYORALIGN_ENGINE, ENGINE_SCRIPT
-
-# Python packages the engine needs at run time, with the pip name that provides each.
-_ENGINE_DEPS = {"numpy": "numpy", "numba": "numba", "mrcfile": "mrcfile", "emtable": "emtable",
-                "mpi4py": "mpi4py mpich"}
+from .engine import DEPENDENCIES
 
 
 class Plugin(pwem.Plugin):
@@ -65,7 +62,7 @@ class Plugin(pwem.Plugin):
                           "checkout), or set %s to the `%s` program."
                           % (CRYORALIGN_ENGINE, program, sys.executable, CRYORALIGN_ENGINE,
                              ENGINE_SCRIPT))
-        missing = [pip for module, pip in _ENGINE_DEPS.items()
+        missing = [pip for module, pip in DEPENDENCIES.items()
                    if importlib.util.find_spec(module) is None]
         if missing:
             errors.append("Python packages needed by the engine are missing: install them with "
