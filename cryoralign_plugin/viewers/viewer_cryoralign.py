@@ -13,6 +13,7 @@ from pwem.viewers import ClassesView, EmPlotter, EmProtocolViewer, showj
 from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO
 
 from ..constants import ATTR_PREFIX
+from ..engine.geometry import MIRROR, PSI, SX, SY
 from ..protocols import CryoralignProtAlign2D, CryoralignProtClassify2D
 from . import embedding, plots
 from .results import RunResults
@@ -125,17 +126,17 @@ class CryoralignViewer(EmProtocolViewer):
 
     def _showAngles(self, paramName=None):
         res, keep = self._results(), self._selectedParticles()
-        return self._plot('In-plane angles', plots.angle_histogram, res.params[keep, 0],
+        return self._plot('In-plane angles', plots.angle_histogram, res.params[keep, PSI],
                           bins=self.angleBins.get())
 
     def _showShifts(self, paramName=None):
         res, keep = self._results(), self._selectedParticles()
-        return self._plot('Shifts', plots.shift_histogram, res.params[keep, 1], res.params[keep, 2],
-                          bins=self.shiftBins.get())
+        return self._plot('Shifts', plots.shift_histogram, res.params[keep, SX],
+                          res.params[keep, SY], bins=self.shiftBins.get())
 
     def _showMirror(self, paramName=None):
         res, keep = self._results(), self._selectedParticles()
-        return self._plot('Mirrors', plots.mirror_fraction, res.params[keep, 3] > 0.5,
+        return self._plot('Mirrors', plots.mirror_fraction, res.params[keep, MIRROR] > 0.5,
                           res.classes[keep], self._selectedClasses())
 
     def _showConvergence(self, paramName=None):
