@@ -1,14 +1,14 @@
 """Scipion <-> cryoralign engine: the only module that knows both parameter conventions.
 
 **Engine** (EMAN2/SPARX): ``(psi, sx, sy, mirror)`` maps a particle point ``v`` (pixels from the
-centre ``n//2``, ``x`` = column, ``y`` = row) to ``v' = M (R(psi) v + t)``, with
+center ``n//2``, ``x`` = column, ``y`` = row) to ``v' = M (R(psi) v + t)``, with
 ``R(psi) = [[cos, sin], [-sin, cos]]``, ``t = (sx, sy)`` and ``M = diag(-1, 1)`` when mirrored;
 it brings the particle into register with its class average.
 
 **Scipion** ``Transform`` of an ALIGN_2D set (as Xmipp converts and applies it): the 4x4 matrix
 ``[[A, 0, a], [0, 0, +-1, 0], [0, 0, 0, 1]]`` maps the same particle point to ``A v + a``
 ("shifts in pixels").  Xmipp reads it as ``psi_X = atan2(A01, A00)`` (so ``A = R(psi_X)``, and
-``psi_Relion = -psi_X``), shifts ``a`` and, when ``det A < 0``, a flip stored the Xmipp way:
+``psi_Relion = -psi_X``), shifts ``a`` and, when ``det A < 0``, a mirror stored the Xmipp way (its flip):
 row 0 of the rotation negated and ``M[2, 2] = -1`` (a 180 degree turn about y in 3D), the
 translation left alone.  Xmipp applies ``v' = F R(psi_X) v + a``.
 

@@ -3,8 +3,8 @@
 Parameter convention (EMAN2/SPARX, used end to end by the engine): a parameter row is
 ``(psi, sx, sy, mirror)`` = columns ``PSI, SX, SY, MIRROR`` of an ``(N, 4)`` float64 array.
 Applying it to an image maps a point ``v`` (pixel coordinates ``x`` = column, ``y`` = row, both
-measured from the centre ``c = (n//2, n//2)``) to ``v' = M (R(psi) v + t)``: rotate by ``psi``
-degrees, then translate by ``t = (sx, sy)``, then mirror (``M = diag(-1, 1)``, an x-flip) when
+measured from the center ``c = (n//2, n//2)``) to ``v' = M (R(psi) v + t)``: rotate by ``psi``
+degrees, then translate by ``t = (sx, sy)``, then mirror (``M = diag(-1, 1)``, x -> -x) when
 ``mirror`` is 1.  ``R(psi) = [[cos, sin], [-sin, cos]]`` (EMAN's sense).  Parameters bring a
 particle into register with its reference: ``transform(particle, p) ~ reference``.
 """
@@ -51,7 +51,7 @@ def ring_length(radius):
 
 
 def sampling_limit(box):
-    """How far (px) from the centre a sample may lie and keep its interpolation inside the box."""
+    """How far (px) from the center a sample may lie and keep its interpolation inside the box."""
     return (box - 1) // 2 - 1
 
 
@@ -88,8 +88,8 @@ def params_to_matrix(params):
     m = np.zeros((len(p), 3, 3))
     m[:, :2, :2] = rotation(p[:, PSI])
     m[:, :2, 2] = p[:, [SX, SY]]
-    flip = p[:, MIRROR] > 0.5
-    m[flip, 0, :] *= -1.0
+    mirror = p[:, MIRROR] > 0.5
+    m[mirror, 0, :] *= -1.0
     m[:, 2, 2] = 1.0
     return m
 
@@ -97,13 +97,13 @@ def params_to_matrix(params):
 def matrix_to_params(matrices):
     """Inverse of :func:`params_to_matrix`; a negative determinant means mirror."""
     m = np.array(matrices, dtype=np.float64).reshape(-1, 3, 3)
-    flip = np.linalg.det(m[:, :2, :2]) < 0
-    m[flip, 0, :] *= -1.0
+    mirror = np.linalg.det(m[:, :2, :2]) < 0
+    m[mirror, 0, :] *= -1.0
     out = np.empty((len(m), 4))
     out[:, PSI] = np.rad2deg(np.arctan2(m[:, 0, 1], m[:, 0, 0])) % 360.0
     out[:, SX] = m[:, 0, 2]
     out[:, SY] = m[:, 1, 2]
-    out[:, MIRROR] = flip
+    out[:, MIRROR] = mirror
     return out
 
 
@@ -117,8 +117,8 @@ def inverse(params):
     return matrix_to_params(np.linalg.inv(params_to_matrix(params)))
 
 
-def centre_offsets(params):
-    """The particle point that ``params`` brings to the image centre, ``(N, 2)`` as ``(x, y)``.
+def center_offsets(params):
+    """The particle point that ``params`` brings to the image center, ``(N, 2)`` as ``(x, y)``.
 
     This is where the particle is resampled in polar coordinates for the next search.
     """

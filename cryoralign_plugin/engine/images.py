@@ -1,6 +1,6 @@
-"""Image-space operations: masks, normalisation, parameter application, FRC, filtering, centring.
+"""Image-space operations: masks, normalisation, parameter application, FRC, filtering, centering.
 
-Arrays in, arrays out.  Images are ``(N, n, n)`` float32, indexed ``[i, y, x]``; the centre is
+Arrays in, arrays out.  Images are ``(N, n, n)`` float32, indexed ``[i, y, x]``; the center is
 pixel ``(n//2, n//2)`` as in SPARX.
 """
 import numpy as np
@@ -12,7 +12,7 @@ from .geometry import PSI, SX, SY, MIRROR
 
 
 def circular_mask(box, radius):
-    """Boolean disc of ``radius`` pixels around the centre."""
+    """Boolean disc of ``radius`` pixels around the center."""
     y, x = np.indices((box, box)) - box // 2
     return x * x + y * y <= radius * radius
 
@@ -69,15 +69,15 @@ _sample_cubic = njit(cache=True)(interpolation.cubic_sampler(_cubic_weight))
 def _transform_one(img, params, out):
     """``out`` = ``img`` with ``params`` applied: each output pixel pulls from its inverse image."""
     n = img.shape[0]
-    centre = n // 2
+    center = n // 2
     a = np.deg2rad(params[PSI])
     c, s = np.cos(a), np.sin(a)
-    flip = -1.0 if params[MIRROR] > 0.5 else 1.0
+    mirror = -1.0 if params[MIRROR] > 0.5 else 1.0
     for oy in range(n):
-        uy = oy - centre - params[SY]
+        uy = oy - center - params[SY]
         for ox in range(n):
-            ux = flip * (ox - centre) - params[SX]
-            out[oy, ox] = _sample_cubic(img, c * ux - s * uy + centre, s * ux + c * uy + centre)
+            ux = mirror * (ox - center) - params[SX]
+            out[oy, ox] = _sample_cubic(img, c * ux - s * uy + center, s * ux + c * uy + center)
 
 
 @njit(cache=True, parallel=True)
@@ -183,8 +183,8 @@ def fourier_shift(image, dx, dy):
     return np.fft.irfft2(np.fft.rfft2(image) * phase, s=image.shape[-2:]).astype(np.float32)
 
 
-def centre_of_mass(image, radius):
-    """Offset ``(dx, dy)`` of the centre of mass of the positive density inside ``radius``."""
+def center_of_mass(image, radius):
+    """Offset ``(dx, dy)`` of the center of mass of the positive density inside ``radius``."""
     box = image.shape[-1]
     density = np.where(circular_mask(box, radius), np.maximum(image, 0.0), 0.0)
     total = density.sum()

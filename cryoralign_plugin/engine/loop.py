@@ -15,7 +15,7 @@ import numpy as np
 from . import images as imgops
 from . import io, references, search
 from .errors import InputError
-from .geometry import MIRROR, PSI, SX, SY, centre_offsets, polar_grid, shift_grid
+from .geometry import MIRROR, PSI, SX, SY, center_offsets, polar_grid, shift_grid
 
 CHECKPOINTS_KEPT = 2
 PROGRESS_SECONDS = 10.0  # within an iteration, report progress at most this often
@@ -73,7 +73,7 @@ def search_pass(ctx, refs, params):
     start = last = time.perf_counter()
     done = 0
     for batch in ctx.batches():
-        offsets = np.clip(centre_offsets(params[batch]), -ctx.offset_limit, ctx.offset_limit)
+        offsets = np.clip(center_offsets(params[batch]), -ctx.offset_limit, ctx.offset_limit)
         parts.append(search.search(ctx.backend, ctx.read(batch), offsets, prepared, ctx.grid))
         done += len(batch)
         now = time.perf_counter()
@@ -103,9 +103,9 @@ def _summary(ctx, state, new_params, new_classes, new_scores, seconds):
     n_classes = len(state.references)
     angle = _angle_change(new_params, state.params)
     shift = np.hypot(*(new_params[:, [SX, SY]] - state.params[:, [SX, SY]]).T)
-    flipped = new_params[:, MIRROR] != state.params[:, MIRROR]
+    mirrored = new_params[:, MIRROR] != state.params[:, MIRROR]
     class_changed = new_classes != state.classes
-    moved = flipped | (angle > 360.0 / ctx.grid.maxrin) | (shift > ctx.settings.shift_step)
+    moved = mirrored | (angle > 360.0 / ctx.grid.maxrin) | (shift > ctx.settings.shift_step)
     changed = class_changed if n_classes > 1 else moved
     count = len(new_classes)
     return {

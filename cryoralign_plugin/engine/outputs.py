@@ -7,6 +7,8 @@ import numpy as np
 from . import io
 from .geometry import MIRROR, PSI, SX, SY
 
+# The engine's mirror is written as RELION's/Xmipp's STAR label ``rlnIsFlip`` (0 or 1, the label the
+# input's prior is read from too): the file format keeps the established name, the code says mirror.
 PARTICLE_COLUMNS = ["rlnImageId", "rlnImageName", "rlnClassNumber", "rlnAnglePsi", "rlnOriginX",
                     "rlnOriginY", "rlnIsFlip", "rlnCryoralignScore"]
 CLASS_COLUMNS = ["rlnReferenceImage", "rlnClassNumber", "rlnClassSize", "rlnClassDistribution",

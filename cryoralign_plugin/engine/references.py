@@ -1,4 +1,4 @@
-"""Class averages -> references: even/odd FRC, tanh low-pass, masking, centring, re-seeding."""
+"""Class averages -> references: even/odd FRC, tanh low-pass, masking, centering, re-seeding."""
 import numpy as np
 from numba import njit
 
@@ -37,7 +37,7 @@ def build(sums, counts, radius, center, max_cutoff=MAX_CUTOFF):
     Each average is low-passed where the FSC estimated from its half-set FRC falls below 0.5
     (SPARX ``ref_ali2d``), so sparsely populated classes are smoothed more and do not lose
     particles to large ones merely for being noisier; then it is masked and, with ``center``,
-    moved so its centre of mass is at the box centre.
+    moved so its center of mass is at the box center.
     """
     half = halves(sums, counts)
     total = counts.sum(axis=1)
@@ -55,7 +55,7 @@ def build(sums, counts, radius, center, max_cutoff=MAX_CUTOFF):
         ref = imgops.lowpass_tanh(avg, cutoffs[k])
         ref = np.where(mask, ref - ref[mask].mean(), 0.0).astype(np.float32)
         if center:
-            dx, dy = imgops.centre_of_mass(ref, radius)
+            dx, dy = imgops.center_of_mass(ref, radius)
             ref = np.where(mask, imgops.fourier_shift(ref, -dx, -dy), 0.0).astype(np.float32)
         refs[k] = ref
     return refs, cutoffs, averages

@@ -1,6 +1,6 @@
 """One alignment search step: a batch of particles against K references, backend-agnostic.
 
-Each particle is resampled in polar coordinates once, around its current centre; the trial shifts
+Each particle is resampled in polar coordinates once, around its current center; the trial shifts
 are applied to the references instead (``K x S`` resamplings per iteration, shared by all
 particles).  Rings are normalised to zero weighted mean and unit weighted norm, so a score is a
 correlation coefficient in [-1, 1] comparable across references and shifts.
@@ -40,7 +40,7 @@ def check_geometry(box, grid, shift_range):
 
 
 def offset_limit(box, grid):
-    """Largest centre offset that keeps the particle's rings inside the box (SPARX ``mashi``)."""
+    """Largest center offset that keeps the particle's rings inside the box (SPARX ``mashi``)."""
     return max(0.0, sampling_limit(box) - grid.outer_radius)
 
 
@@ -72,28 +72,28 @@ def normalise_rings(rings, grid):
 def reference_rings(backend, references, grid, shifts):
     """Normalised rings ``(K, S, T)`` of each reference displaced by each trial shift.
 
-    A trial shift ``t`` moves the reference's sampling centre to ``c - t``.
+    A trial shift ``t`` moves the reference's sampling center to ``c - t``.
     """
     n_refs, box = len(references), references.shape[-1]
-    centre = box // 2
+    center = box // 2
     index = np.repeat(np.arange(n_refs), len(shifts))
-    centres = centre - np.tile(shifts, (n_refs, 1))
-    rings = backend.polar(references, index, centres, grid)
+    centers = center - np.tile(shifts, (n_refs, 1))
+    rings = backend.polar(references, index, centers, grid)
     return normalise_rings(rings, grid).reshape(n_refs, len(shifts), -1)
 
 
 def particle_rings(backend, images, offsets, grid):
-    """Normalised rings ``(P, T)`` of each particle around ``centre + offset``."""
-    centre = images.shape[-1] // 2
-    rings = backend.polar(images, np.arange(len(images)), centre + offsets, grid)
+    """Normalised rings ``(P, T)`` of each particle around ``center + offset``."""
+    center = images.shape[-1] // 2
+    rings = backend.polar(images, np.arange(len(images)), center + offsets, grid)
     return normalise_rings(rings, grid)
 
 
 def search(backend, images, offsets, prepared, grid):
     """Candidates of every particle against every prepared reference."""
     rings = particle_rings(backend, images, offsets, grid)
-    score, shift, flip, angle = backend.search(rings, prepared, grid)
-    return Candidates(score, shift, flip, angle, offsets)
+    score, shift, mirror, angle = backend.search(rings, prepared, grid)
+    return Candidates(score, shift, mirror, angle, offsets)
 
 
 def candidate_params(candidates, choice, shifts, grid):
@@ -104,12 +104,12 @@ def candidate_params(candidates, choice, shifts, grid):
     """
     rows = np.arange(len(choice))
     j = candidates.angle[rows, choice].astype(np.float64) * 360.0 / grid.maxrin
-    flip = candidates.mirror[rows, choice].astype(bool)
+    mirror = candidates.mirror[rows, choice].astype(bool)
     t = shifts[candidates.shift[rows, choice]].copy()
-    psi = np.where(flip, 180.0 - j, j) % 360.0
-    t[flip, 0] *= -1.0
+    psi = np.where(mirror, 180.0 - j, j) % 360.0
+    t[mirror, 0] *= -1.0
     out = np.empty((len(choice), 4))
     out[:, PSI] = psi
     out[:, [SX, SY]] = -np.einsum("nij,nj->ni", rotation(psi), candidates.offsets) - t
-    out[:, MIRROR] = flip
+    out[:, MIRROR] = mirror
     return out

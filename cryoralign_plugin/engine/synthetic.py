@@ -36,10 +36,10 @@ def _polar_rings(images, radius, n_angles):
     """Images sampled on rings ``1..radius`` x ``n_angles`` angles, ``(N, R, A)``, zero mean and
     weighted by sqrt(r) with unit norm, so that a dot product is an area-weighted correlation."""
     from scipy.ndimage import map_coordinates
-    centre = images.shape[-1] // 2
+    center = images.shape[-1] // 2
     r = np.arange(1, int(radius) + 1)[:, None]
     angle = 2.0 * np.pi * np.arange(n_angles) / n_angles
-    where = [centre + r * np.sin(angle), centre + r * np.cos(angle)]
+    where = [center + r * np.sin(angle), center + r * np.cos(angle)]
     rings = np.stack([map_coordinates(np.asarray(im, dtype=np.float64), where, order=3) for im in images])
     rings -= (rings * r).sum(axis=(1, 2), keepdims=True) / (r.sum() * n_angles)
     rings *= np.sqrt(r)
@@ -104,12 +104,12 @@ def _random_rotations(n, rng):
 
 
 def _phantom_blobs(rng):
-    """Centres, covariances and masses of an asymmetric phantom of 8-14 Gaussian blobs.
+    """Centers, covariances and masses of an asymmetric phantom of 8-14 Gaussian blobs.
 
     Lengths are in units of the box.  Blobs of different sizes (sigma 0.025-0.1), elongations
     (up to 2:1) and densities sit mostly in the outer half of the sphere's volume, one sigma
     inside radius 0.35: that makes the outline, which is what survives noise, change from view to
-    view.  The centre of mass is at the origin, so every projection is centred.
+    view.  The center of mass is at the origin, so every projection is centered.
     """
     n = int(rng.integers(8, 15))
     axes = np.exp(rng.uniform(np.log(0.025), np.log(0.05), n))[:, None] * rng.uniform(1.0, 2.0, (n, 3))
@@ -117,10 +117,10 @@ def _phantom_blobs(rng):
     cov = np.einsum("nij,nj,nkj->nik", rot, axes ** 2, rot)
     reach = (0.35 - axes.max(axis=1)) * rng.uniform(0.5, 1.0, n) ** (1.0 / 3.0)
     direction = rng.standard_normal((n, 3))
-    centres = direction / np.linalg.norm(direction, axis=1, keepdims=True) * reach[:, None]
+    centers = direction / np.linalg.norm(direction, axis=1, keepdims=True) * reach[:, None]
     mass = rng.uniform(0.5, 1.5, n) * np.sqrt(np.linalg.det(cov))   # peak density 0.5..1.5
-    centres -= (mass[:, None] * centres).sum(axis=0) / mass.sum()
-    return centres, cov, mass
+    centers -= (mass[:, None] * centers).sum(axis=0) / mass.sum()
+    return centers, cov, mass
 
 
 def _view_bases(directions):
@@ -135,9 +135,9 @@ def _view_bases(directions):
 def _project(blobs, directions, box):
     """Analytic projections, ``(V, box, box)``: a 3D Gaussian projects to the 2D Gaussian of the
     xy block of its rotated covariance, carrying all of its mass."""
-    centres, cov, mass = blobs
+    centers, cov, mass = blobs
     bases = _view_bases(directions)
-    c2 = np.einsum("vij,nj->vni", bases, centres)[..., :2] * box
+    c2 = np.einsum("vij,nj->vni", bases, centers)[..., :2] * box
     s2 = np.einsum("vij,njk,vlk->vnil", bases, cov, bases)[..., :2, :2] * box ** 2
     inv, det = np.linalg.inv(s2), np.linalg.det(s2)
     y, x = np.indices((box, box)) - box // 2
@@ -199,7 +199,7 @@ def _prepare_averages(images, box):
     return _standardise(images * _soft_mask(box))
 
 
-def _centred_averages(images):
+def _centered_averages(images):
     """Indices of averages whose smoothed density peaks in the middle, not at the edge.
 
     Averages with a neighbour or junk near the edge would be 'distinct' for the wrong reason.
@@ -211,8 +211,8 @@ def _centred_averages(images):
     smooth = gaussian_filter(np.asarray(images, dtype=np.float64), (0, box / 48.0, box / 48.0))
     background = np.median(smooth[:, (r > 0.40) & (r <= 0.46)], axis=1)[:, None]
     edge = (smooth[:, (r > 0.31) & (r <= 0.46)] - background).max(axis=1)
-    centre = (smooth[:, r <= 0.17] - background).max(axis=1)
-    return np.flatnonzero(edge < centre)
+    center = (smooth[:, r <= 0.17] - background).max(axis=1)
+    return np.flatnonzero(edge < center)
 
 
 def slicem_references(n, box, seed=0, path=None):
@@ -225,7 +225,7 @@ def slicem_references(n, box, seed=0, path=None):
     """
     from .io import read_stack
     stack = read_stack(path or SLICEM_PATH)
-    usable = _centred_averages(stack)
+    usable = _centered_averages(stack)
     similarity = rotational_similarity(_prepare_averages(stack[usable], SIMILARITY_BOX))
     first = np.random.default_rng(seed).integers(len(usable))
     return _prepare_averages(stack[usable[most_distinct(similarity, n, first)]], box)
@@ -391,8 +391,8 @@ def register_errors(found, truth):
     g = combine(inverse(truth), found)
     same = g[:, MIRROR] == np.round(np.median(g[:, MIRROR]))
     rad = np.deg2rad(g[same, PSI])
-    centre = np.rad2deg(np.arctan2(np.sin(rad).mean(), np.cos(rad).mean()))
-    angle = np.abs((g[:, PSI] - centre + 180.0) % 360.0 - 180.0)
+    center = np.rad2deg(np.arctan2(np.sin(rad).mean(), np.cos(rad).mean()))
+    angle = np.abs((g[:, PSI] - center + 180.0) % 360.0 - 180.0)
     shifts = g[:, [SX, SY]]
     shift = np.hypot(*(shifts - np.median(shifts[same], axis=0)).T)
     return angle, shift, same

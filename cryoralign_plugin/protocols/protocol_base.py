@@ -104,8 +104,8 @@ class CryoralignProtBase:
                            'same handedness on the grid.')
         form.addParam('doCenter', params.BooleanParam, default=DEFAULTS.center,
                       condition='not doContinue',
-                      expertLevel=params.LEVEL_ADVANCED, label='Centre the averages?',
-                      help='Move each average onto its centre of mass between iterations, which '
+                      expertLevel=params.LEVEL_ADVANCED, label='Center the averages?',
+                      help='Move each average onto its center of mass between iterations, which '
                            'stops the particle shifts from drifting together.')
         self._defineAlignmentParams(form)
 

@@ -76,7 +76,7 @@ def test_sub_pixel_shift_steps_are_honoured(views64):
 
 
 # --- a straightforward numpy oracle of the same search: the SPARX ring recipe, with the trial shifts
-# applied to the references (the particle is sampled once, around its centre) ---------------------
+# applied to the references (the particle is sampled once, around its center) ---------------------
 
 def oracle_rings(image, cx, cy, grid):
     rings = []

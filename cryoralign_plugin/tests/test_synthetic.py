@@ -102,8 +102,8 @@ def test_averages_with_density_at_the_edge_are_left_out():
     y, x = np.indices((96, 96)) - 48
     central = np.exp(-(x ** 2 + y ** 2) / 200.0)
     neighbour = central + 1.5 * np.exp(-((x - 36) ** 2 + y ** 2) / 60.0)
-    assert list(syn._centred_averages(np.stack([central, neighbour, central]))) == [0, 2]
-    kept = syn._centred_averages(read_stack(syn.SLICEM_PATH))
+    assert list(syn._centered_averages(np.stack([central, neighbour, central]))) == [0, 2]
+    kept = syn._centered_averages(read_stack(syn.SLICEM_PATH))
     assert 75 < len(kept) < 95 and not {30, 51, 70} & set(kept)   # three with a neighbour at the edge
 
 
