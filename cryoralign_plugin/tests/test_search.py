@@ -113,15 +113,15 @@ def oracle_search(particle, refs, grid, shifts):
                     h[-1] *= 0.5
                 straight[:n // 2 + 1] += h * R * np.conj(S)
                 mirrored[:n // 2 + 1] += h * R * S
-            for flip, spec in ((0, straight), (1, mirrored)):
+            for mirror, spec in ((0, straight), (1, mirrored)):
                 ccf = np.fft.irfft(spec, m)
                 j = int(np.argmax(ccf))
                 if ccf[j] > best[0]:
-                    best = (ccf[j], k, j, flip, tx, ty)
-    _, k, j, flip, tx, ty = best
-    psi = (180.0 - 360.0 * j / m if flip else 360.0 * j / m) % 360.0
-    # the reference sampled at c - t matches: t_E = -t, x-flipped for a mirrored match
-    return k, psi, np.array([tx if not flip else -tx, ty]) * -1.0, flip
+                    best = (ccf[j], k, j, mirror, tx, ty)
+    _, k, j, mirror, tx, ty = best
+    psi = (180.0 - 360.0 * j / m if mirror else 360.0 * j / m) % 360.0
+    # the reference sampled at c - t matches: t_E = -t, x negated for a mirrored match
+    return k, psi, np.array([tx if not mirror else -tx, ty]) * -1.0, mirror
 
 
 @pytest.mark.slow
@@ -135,9 +135,9 @@ def test_agrees_with_numpy_oracle():
     step = 360.0 / grid.maxrin
     agree = 0
     for i in range(len(parts)):
-        k, psi, t, flip = oracle_search(normed[i], images.normalise(views, 18), grid, shifts)
+        k, psi, t, mirror = oracle_search(normed[i], images.normalise(views, 18), grid, shifts)
         d = abs((res.params[i, PSI] - psi + 180.0) % 360.0 - 180.0)
-        agree += (k == res.classes[i]) and (flip == res.params[i, MIRROR]) and d <= step \
+        agree += (k == res.classes[i]) and (mirror == res.params[i, MIRROR]) and d <= step \
             and np.allclose(t, res.params[i, [SX, SY]], atol=1e-6)
     assert agree / len(parts) >= 0.99
 
