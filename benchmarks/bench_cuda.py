@@ -14,9 +14,10 @@ import time
 import numpy as np
 from numba import cuda as numba_cuda
 
-from cryoralign_plugin.engine import io, loop, parallel, search, synthetic
+from cryoralign_plugin.engine import loop, parallel, search, synthetic
 from cryoralign_plugin.engine.backends import cuda
 from cryoralign_plugin.engine.settings import Settings
+from cryoralign_plugin.engine.sources import ArraySource
 
 
 def timed(fn, *args):
@@ -59,8 +60,8 @@ def main():
     settings = Settings(radius=radius, shift_range=shift_range, backend="cuda", iterations=1,
                         batch_size=args.particles, gpu=[args.gpu])
     backend = cuda.CudaBackend(gpu=[args.gpu])
-    ctx = loop.Context(io.ParticleStack.from_array(parts), settings, parallel.Serial(), backend, lambda *_: None)
-    warm = loop.Context(io.ParticleStack.from_array(parts[:64]), settings, parallel.Serial(), backend,
+    ctx = loop.Context(ArraySource(parts), settings, parallel.Serial(), backend, lambda *_: None)
+    warm = loop.Context(ArraySource(parts[:64]), settings, parallel.Serial(), backend,
                         lambda *_: None)
     iteration(warm, refs[:2])  # compile every kernel
     seconds = min((iteration(ctx, refs) for _ in range(2)), key=lambda s: sum(s.values()))

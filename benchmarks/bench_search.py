@@ -13,15 +13,16 @@ import time
 
 import numpy as np
 
-from cryoralign_plugin.engine import io, loop, parallel, synthetic
+from cryoralign_plugin.engine import loop, outputs, parallel, synthetic
 from cryoralign_plugin.engine.backends import get_backend
 from cryoralign_plugin.engine.settings import Settings
+from cryoralign_plugin.engine.sources import ArraySource
 
 
 def one_iteration(particles, refs, n_classes, threads):
     """Seconds of one MRA iteration and its phase split (search, averages)."""
     settings = Settings(radius=27, shift_range=3, shift_step=1, threads=threads, backend="cpu", iterations=1)
-    ctx = loop.Context(io.ParticleStack.from_array(particles), settings, parallel.Serial(),
+    ctx = loop.Context(ArraySource(particles), settings, parallel.Serial(),
                        get_backend("cpu", threads), lambda *_: None)
     t0 = time.perf_counter()
     cand = loop.search_pass(ctx, refs[:n_classes], np.zeros((len(particles), 4)))
@@ -64,7 +65,7 @@ def mpi_speedup(n, box):
             start = time.perf_counter()
             subprocess.run(cmd, capture_output=True, check=True)
             wall[ranks] = time.perf_counter() - start
-            compute[ranks] = sum(row["seconds"] for row in io.read_json(os.path.join(out, "history.json")))
+            compute[ranks] = sum(row["seconds"] for row in outputs.read_history(out))
     return compute[1] / compute[2], wall[1] / wall[2]
 
 

@@ -1,4 +1,6 @@
 """Names shared by the plugin's protocols, conversion and Plugin class."""
+# The files of the engine's output dir are named by the engine module that writes and reads them.
+from .engine.outputs import CHECKPOINT_GLOB, CLASSES_MRCS, CLASSES_STAR, HISTORY_JSON, PARTICLES_STAR  # noqa: F401
 
 # Scipion config variable: path of the engine launcher.
 CRYORALIGN_ENGINE = "CRYORALIGN_ENGINE"
@@ -14,17 +16,9 @@ INPUT_STAR = "particles.star"
 REFERENCES_STACK = "references.mrcs"
 ENGINE_DIR = "engine"
 
-# Files the engine writes in its output dir.
-OUT_PARTICLES = "particles.star"
-OUT_CLASSES_STAR = "classes.star"
-OUT_CLASSES_STACK = "classes.mrcs"
-OUT_HISTORY = "history.json"
-CHECKPOINT_GLOB = "iter_[0-9][0-9][0-9]"
-
 # STAR table names.
 TABLE_PARTICLES = "particles"
 TABLE_OPTICS = "optics"
-TABLE_CLASSES = "classes"
 
 # Prefix of the extra attributes stored on output particles and classes.
 ATTR_PREFIX = "_cryoralign"

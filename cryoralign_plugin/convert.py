@@ -17,7 +17,6 @@ Both are the same affine point map, so the Scipion matrix *is* the engine matrix
 ``tests/test_convert.py`` checks this on images with xmippLib's own ``readApplyGeo``.
 """
 import os
-from collections import namedtuple
 
 import mrcfile
 import numpy as np
@@ -27,7 +26,7 @@ from pwem.constants import ALIGN_2D, NO_INDEX
 from pwem.emlib.image import ImageHandler
 from pwem.objects import Float, Transform
 
-from .constants import ATTR_PREFIX, TABLE_CLASSES, TABLE_OPTICS, TABLE_PARTICLES
+from .constants import ATTR_PREFIX, TABLE_OPTICS, TABLE_PARTICLES
 from .engine import outputs
 from .engine.geometry import MIRROR, PSI, SX, SY, matrix_to_params, params_to_matrix
 
@@ -238,20 +237,9 @@ class EngineParticles:
             particle.setClassId(int(self.classes[i]))
 
 
-EngineClass = namedtuple("EngineClass", "number index stack size distribution resolution score")
-
-
 def readEngineClasses(outDir):
-    """``{classNumber: EngineClass}`` from ``classes.star``; stack paths joined to ``outDir``."""
-    classes = {}
-    starFile = os.path.join(outDir, "classes.star")
-    for row in Table.iterRows(starFile, tableName=TABLE_CLASSES):
-        index, name = str(row.rlnReferenceImage).split("@", 1)
-        classes[int(row.rlnClassNumber)] = EngineClass(
-            int(row.rlnClassNumber), int(index), os.path.join(outDir, name), int(row.rlnClassSize),
-            float(row.rlnClassDistribution), float(row.rlnEstimatedResolution),
-            float(row.rlnCryoralignMeanScore))
-    return classes
+    """``{classNumber: outputs.ClassResult}`` from ``classes.star``; stack paths joined to ``outDir``."""
+    return {c.number: c for c in outputs.read_classes(outDir)}
 
 
 def updateClass2D(classItem, engineClass, samplingRate):

@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from . import scipion_env
-from .engine import io, synthetic
+from .engine import synthetic
+from .engine.mrc import read_stack, write_stack
 
 OUT = os.path.abspath("demo_output")
 USER_DATA = os.path.join(OUT, "ScipionUserData")
@@ -33,8 +34,8 @@ def make_data():
     classes, truth = synthetic.read_truth(paths["truth"])
     view1 = np.flatnonzero(classes == 0)
     os.makedirs(os.path.join(OUT, "view1"), exist_ok=True)
-    io.write_stack(os.path.join(OUT, "view1", "particles.mrcs"), io.read_stack(paths["particles"])[view1],
-                   pixel_size=SAMPLING)
+    write_stack(os.path.join(OUT, "view1", "particles.mrcs"), read_stack(paths["particles"])[view1],
+                pixel_size=SAMPLING)
     return data, os.path.join(OUT, "view1"), classes, truth, view1
 
 

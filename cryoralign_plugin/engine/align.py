@@ -1,22 +1,24 @@
 """Python API: reference-free and multireference alignment on arrays or STAR files.
 
-Both functions accept an ``(N, n, n)`` array or a :class:`~.io.ParticleStack`, return a
+Both functions accept an ``(N, n, n)`` array or a :class:`~.sources.ParticleSource`, return a
 :class:`~.loop.Result`, and write the run's files when ``out_dir`` is given.  Under ``mpirun``
 every rank calls the same function; the particles are split between them.
 """
 import numpy as np
 
 from . import images as imgops
-from . import io, loop, outputs, parallel, references as reference_ops
+from . import loop, outputs, parallel, references as reference_ops
 from .backends import get_backend
 from .errors import InputError
+from .files import check_output_dir
 from .settings import Settings
+from .sources import ArraySource, ParticleSource
 
 
 def _source(particles):
-    if isinstance(particles, io.ParticleStack):
+    if isinstance(particles, ParticleSource):
         return particles
-    return io.ParticleStack.from_array(np.asarray(particles, dtype=np.float32))
+    return ArraySource(np.asarray(particles, dtype=np.float32))
 
 
 def _context(particles, settings, comm, log):
@@ -39,7 +41,7 @@ def _initial_params(ctx):
 
 def _run(ctx, state, reseed, out_dir, resume):
     if out_dir is not None and ctx.comm.rank == 0:
-        io.check_output_dir(out_dir)
+        check_output_dir(out_dir)
     if resume and out_dir is not None:
         found = loop.restore(out_dir, ctx.source.count, ctx.source.box, len(state.references))
         if found is not None:

@@ -100,9 +100,11 @@ def settings_from(args):
 
 
 def run(args, comm):
-    from . import align, io
+    from . import align
+    from .mrc import read_stack
+    from .sources import StarSource
     settings = settings_from(args)
-    source = io.ParticleStack.from_star(args.particles)
+    source = StarSource.from_star(args.particles)
     if args.pixel_size is not None:
         if args.pixel_size <= 0:
             raise InputError("the pixel size must be > 0 A/px (got %g): leave --pixel-size out to use the "
@@ -119,7 +121,7 @@ def run(args, comm):
         if args.command == "rfa":
             align.align_reference_free(source, **common)
         elif args.references:
-            align.align_multi_reference(source, references=io.read_stack(args.references), **common)
+            align.align_multi_reference(source, references=read_stack(args.references), **common)
         else:
             align.align_multi_reference(source, n_classes=args.classes, **common)
     if comm.rank == 0:

@@ -5,7 +5,6 @@ assign each particle its best reference -> re-seed starved classes -> average th
 their new parameters -> filtered references for the next iteration.  After each iteration the
 state is checkpointed (atomically) so ``resume`` continues from the last complete one.
 """
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import images as imgops
-from . import io, references, search
+from . import outputs, references, search
 from .errors import InputError
 from .geometry import MIRROR, PSI, SX, SY, center_offsets, polar_grid, shift_grid
 
@@ -188,15 +187,15 @@ def save(out_dir, state):
     """Checkpoint ``iter_NNN`` atomically and drop older ones beyond the last few."""
     arrays = {"params": state.params, "classes": state.classes, "scores": state.scores,
               "references": state.references, "cutoffs": state.cutoffs, "averages": state.averages}
-    io.save_checkpoint(out_dir, state.iteration, arrays, {"history": state.history})
+    outputs.save_checkpoint(out_dir, state.iteration, arrays, {"history": state.history})
     old = state.iteration - CHECKPOINTS_KEPT
     if old >= 0:
-        shutil.rmtree(os.path.join(out_dir, "iter_%03d" % old), ignore_errors=True)
+        shutil.rmtree(outputs.checkpoint_dir(out_dir, old), ignore_errors=True)
 
 
 def restore(out_dir, count, box, n_classes):
     """The last complete checkpoint as a :class:`State`, checked against this run; None if none."""
-    found = io.last_checkpoint(out_dir)
+    found = outputs.last_checkpoint(out_dir)
     if found is None:
         return None
     iteration, arrays, meta = found

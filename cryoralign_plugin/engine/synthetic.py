@@ -223,7 +223,7 @@ def slicem_references(n, box, seed=0, path=None):
     rotation/mirror, starting from one drawn with ``seed``.  Resampled to ``box`` (whole field
     of view kept), background zero, soft-masked, unit variance inside the default mask.
     """
-    from .io import read_stack
+    from .mrc import read_stack
     stack = read_stack(path or SLICEM_PATH)
     usable = _centered_averages(stack)
     similarity = rotational_similarity(_prepare_averages(stack[usable], SIMILARITY_BOX))
@@ -345,7 +345,8 @@ def make_dataset(out_dir, n_particles=1000, box=64, n_classes=10, snr=1.0, seed=
     the input; ``truth.star`` (table ``truth``: 1-based rlnClassNumber and the true parameters in
     the engine convention) and ``references.mrcs`` (clean references) are the answer.
     """
-    from .io import write_stack, write_star
+    from .mrc import write_stack
+    from .star import write_star
     references = make_references(source, n_classes, box, seed)
     images, classes, truth = make_particles(references, n_particles, snr, seed, shift_range, mirror)
     os.makedirs(out_dir, exist_ok=True)
@@ -366,7 +367,7 @@ def make_dataset(out_dir, n_particles=1000, box=64, n_classes=10, snr=1.0, seed=
 def read_truth(path):
     """``(classes 0-based, truth (N, 4))`` from a ``truth.star`` written by :func:`make_dataset`,
     in rlnImageId order."""
-    from .io import read_star
+    from .star import read_star
     rows = sorted(read_star(path, "truth"), key=lambda r: int(r.rlnImageId))
     classes = np.array([int(r.rlnClassNumber) - 1 for r in rows], dtype=np.int64)
     truth = np.array([[float(r.rlnAnglePsi), float(r.rlnOriginX), float(r.rlnOriginY), float(r.rlnIsFlip)]

@@ -6,7 +6,7 @@ from pwem.protocols import ProtAlign2D
 from pyworkflow.constants import BETA
 
 from .. import convert
-from ..constants import (ATTR_PREFIX, OUT_CLASSES_STACK, OUT_CLASSES_STAR, OUT_PARTICLES, RFA)
+from ..constants import (ATTR_PREFIX, CLASSES_MRCS, CLASSES_STAR, PARTICLES_STAR, RFA)
 from .protocol_base import CryoralignProtBase
 
 
@@ -27,8 +27,8 @@ class CryoralignProtAlign2D(CryoralignProtBase, ProtAlign2D):
     _engineCommand = RFA
 
     def createOutputStep(self):
-        partsFn, classesStar, stack = self._requireEngineOutputs(OUT_PARTICLES, OUT_CLASSES_STAR,
-                                                                 OUT_CLASSES_STACK)
+        partsFn, classesStar, stack = self._requireEngineOutputs(PARTICLES_STAR, CLASSES_STAR,
+                                                                 CLASSES_MRCS)
         parts = self._getInputParticles()
         results = convert.EngineParticles(partsFn)
         info = convert.readEngineClasses(self._getEnginePath())[1]

@@ -4,7 +4,6 @@
 each concrete protocol puts it first in its bases and fills the hooks marked below.
 """
 import importlib.util
-import json
 import os
 import shlex
 import shutil
@@ -17,7 +16,8 @@ from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
 
 from .. import Plugin
 from .. import convert
-from ..constants import CHECKPOINT_GLOB, ENGINE_DIR, INPUT_DIR, INPUT_STAR, OUT_HISTORY
+from ..constants import CHECKPOINT_GLOB, ENGINE_DIR, INPUT_DIR, INPUT_STAR
+from ..engine import outputs
 from ..engine.geometry import largest_radius, sampling_limit
 from ..engine.settings import Settings
 
@@ -348,9 +348,8 @@ class CryoralignProtBase:
 
     def _readHistory(self):
         try:
-            with open(self._getEnginePath(OUT_HISTORY)) as f:
-                return json.load(f)
-        except (OSError, ValueError):
+            return outputs.read_history(self._getEnginePath())
+        except (OSError, ValueError):   # InputError (missing or damaged) is a ValueError
             return []
 
     def _requireEngineOutputs(self, *names):

@@ -7,7 +7,7 @@ from pwem.protocols import ProtClassify2D
 from pyworkflow.constants import BETA
 
 from .. import convert
-from ..constants import (MRA, OUT_CLASSES_STACK, OUT_CLASSES_STAR, OUT_PARTICLES,
+from ..constants import (CLASSES_MRCS, CLASSES_STAR, MRA, PARTICLES_STAR,
                          REFERENCES_STACK)
 from .protocol_base import AUTOMATIC, DEFAULTS, CryoralignProtBase
 
@@ -88,7 +88,7 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
         return errors
 
     def createOutputStep(self):
-        partsFn, _, _ = self._requireEngineOutputs(OUT_PARTICLES, OUT_CLASSES_STAR, OUT_CLASSES_STACK)
+        partsFn, _, _ = self._requireEngineOutputs(PARTICLES_STAR, CLASSES_STAR, CLASSES_MRCS)
         results = convert.EngineParticles(partsFn)
         engineClasses = convert.readEngineClasses(self._getEnginePath())
         samplingRate = self._getInputParticles().getSamplingRate()

@@ -10,8 +10,11 @@ from pwem.objects import Particle, SetOfAverages, SetOfParticles, Transform
 from pyworkflow.tests import BaseTest, setupTestOutput
 
 from cryoralign_plugin import convert
-from cryoralign_plugin.engine import io as engineIO
+from cryoralign_plugin.engine import outputs
 from cryoralign_plugin.engine.images import transform as engineTransform
+from cryoralign_plugin.engine.mrc import write_stack
+from cryoralign_plugin.engine.sources import StarSource
+from cryoralign_plugin.engine.star import write_star
 
 # relion tests/test_convert.py TestAlignment.test_isInverse: Xmipp psi=+20, Relion psi=-20.
 RELION_MATRIX = [[0.93969, 0.34202, 0.0, -6.8404],
@@ -206,7 +209,7 @@ class TestStar(BaseTest):
         with mrcfile.open(os.path.join(inputDir, "single.mrcs")) as mrc:
             np.testing.assert_array_equal(mrc.data.reshape(16, 16), self.single)
         # The engine reads it as written: ids, pixel size, images through the links.
-        stack = engineIO.ParticleStack.from_star(star)
+        stack = StarSource.from_star(star)
         self.assertEqual(list(stack.ids), [1, 2, 4, 5, 6])
         self.assertEqual((stack.box, stack.pixel_size, stack.prior), (16, 2.5, None))
         np.testing.assert_array_equal(stack.read([2, 4]), np.stack([self.data[3], self.single]))
@@ -215,7 +218,7 @@ class TestStar(BaseTest):
         partSet = self.makeSet("aligned", withAlignment=True)
         star = self.getOutputPath("aligned", "particles.star")
         convert.writeSetOfParticles(partSet, star, usePrior=True)
-        stack = engineIO.ParticleStack.from_star(star)
+        stack = StarSource.from_star(star)
         for objId, prior in zip(stack.ids, stack.prior):
             psi, sx, sy, mirror = self.params[objId]
             self.assertLess(angleDiff(prior[0], psi), 1e-4)
@@ -231,13 +234,13 @@ class TestStar(BaseTest):
         os.makedirs(outDir, exist_ok=True)
         rows = [(objId, "%06d@parts.mrcs" % objId, int(classes[i])) + tuple(params[i][:3])
                 + (int(params[i][3]), 0.5 + 0.01 * i) for i, objId in enumerate(ids)]
-        engineIO.write_star(os.path.join(outDir, "particles.star"), {"particles": (
+        write_star(os.path.join(outDir, outputs.PARTICLES_STAR), {"particles": (
             ["rlnImageId", "rlnImageName", "rlnClassNumber", "rlnAnglePsi", "rlnOriginX",
              "rlnOriginY", "rlnIsFlip", "rlnCryoralignScore"], rows)})
         k = int(max(classes))
-        engineIO.write_stack(os.path.join(outDir, "classes.mrcs"), np.zeros((k, 16, 16)))
+        write_stack(os.path.join(outDir, outputs.CLASSES_MRCS), np.zeros((k, 16, 16)))
         sizes = [int(np.sum(np.asarray(classes) == c)) for c in range(1, k + 1)]
-        engineIO.write_star(os.path.join(outDir, "classes.star"), {"classes": (
+        write_star(os.path.join(outDir, outputs.CLASSES_STAR), {"classes": (
             ["rlnReferenceImage", "rlnClassNumber", "rlnClassSize", "rlnClassDistribution",
              "rlnEstimatedResolution", "rlnCryoralignMeanScore"],
             [("%06d@classes.mrcs" % c, c, sizes[c - 1], sizes[c - 1] / len(ids), 12.5 + c,
@@ -248,7 +251,7 @@ class TestStar(BaseTest):
         ids = [6, 2, 4]                        # not sorted: lookup is by id, not by position
         params = [(350.0, 1.25, -0.5, 1), (12.5, 0.0, 2.0, 0), (0.0, 0.0, 0.0, 0)]
         self.writeEngineOutput(outDir, ids, params, [2, 1, 2])
-        results = convert.EngineParticles(os.path.join(outDir, "particles.star"))
+        results = convert.EngineParticles(os.path.join(outDir, outputs.PARTICLES_STAR))
         self.assertEqual(len(results), 3)
         part = Particle()
         part.setObjId(6)
@@ -266,7 +269,7 @@ class TestStar(BaseTest):
         classes = convert.readEngineClasses(outDir)
         self.assertEqual(sorted(classes), [1, 2])
         self.assertEqual(classes[2].index, 2)
-        self.assertEqual(classes[2].stack, os.path.join(outDir, "classes.mrcs"))
+        self.assertEqual(classes[2].stack, os.path.join(outDir, outputs.CLASSES_MRCS))
         self.assertEqual(classes[2].size, 2)
         self.assertAlmostEqual(classes[1].resolution, 13.5)
 

@@ -18,7 +18,9 @@ from pwem.protocols import ProtImportParticles
 from pyworkflow.tests import BaseTest, DataSet, setupTestProject
 
 from cryoralign_plugin import Plugin
+from cryoralign_plugin.constants import HISTORY_JSON, PARTICLES_STAR
 from cryoralign_plugin.convert import geometryFromMatrix2D
+from cryoralign_plugin.engine import outputs
 from cryoralign_plugin.engine.geometry import params_to_matrix
 from cryoralign_plugin.protocols import CryoralignProtAlign2D, CryoralignProtClassify2D
 from cryoralign_plugin.engine.geometry import largest_radius
@@ -315,26 +317,26 @@ class TestRuns(BaseTest):
         victim = self.newProtocol(CryoralignProtClassify2D, objLabel="killed", **params)
         self.proj.launchProtocol(victim, wait=False)
         engineDir = victim._getExtraPath("engine")
-        waitFor(os.path.join(engineDir, "iter_002"))
+        waitFor(outputs.checkpoint_dir(engineDir, 2))
         killed = processesMentioning(engineDir) + processesMentioning("pw_protocol_run", str(victim.getObjId()))
         self.assertTrue(killed)
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
-        self.assertFalse(os.path.exists(os.path.join(engineDir, "particles.star")))
+        self.assertFalse(os.path.exists(os.path.join(engineDir, PARTICLES_STAR)))
         again = self.launchProtocol(self.newProtocol(CryoralignProtClassify2D, objLabel="continued",
                                                      doContinue=True, continueRun=victim, **params))
-        with open(whole._getExtraPath("engine", "particles.star")) as a, \
-                open(again._getExtraPath("engine", "particles.star")) as b:
+        with open(whole._getExtraPath("engine", PARTICLES_STAR)) as a, \
+                open(again._getExtraPath("engine", PARTICLES_STAR)) as b:
             self.assertEqual(a.read(), b.read())
         self.assertSetSize(again.outputClasses, 3)
 
     def test_continue(self):
         first = self.runClassify(1, numberOfIterations=2)
         again = self.runClassify(1, doContinue=True, continueRun=first, numberOfIterations=4)
-        with open(again._getExtraPath("engine", "history.json")) as f:
+        with open(again._getExtraPath("engine", HISTORY_JSON)) as f:
             self.assertEqual(len(json.load(f)), 4)
         self.checkClassify(again)
-        with open(first._getExtraPath("engine", "history.json")) as f:
+        with open(first._getExtraPath("engine", HISTORY_JSON)) as f:
             self.assertEqual(len(json.load(f)), 2)   # the continued run is left untouched
 
 

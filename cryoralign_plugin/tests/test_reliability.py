@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from cryoralign_plugin.engine import io, outputs, synthetic
+from cryoralign_plugin.engine import outputs, synthetic
+from cryoralign_plugin.engine.mrc import read_stack
 
 BIN = os.path.dirname(sys.executable)
 ENGINE = [os.path.join(BIN, "cryoralign-engine")]
@@ -36,18 +37,19 @@ def wait_for(path, timeout=120):
 def same_results(a, b):
     for x, y in zip(outputs.read_particles(str(a)), outputs.read_particles(str(b))):
         np.testing.assert_array_equal(x, y)
-    np.testing.assert_array_equal(io.read_stack(str(a / "classes.mrcs")), io.read_stack(str(b / "classes.mrcs")))
+    np.testing.assert_array_equal(read_stack(str(a / outputs.CLASSES_MRCS)),
+                                  read_stack(str(b / outputs.CLASSES_MRCS)))
 
 
 @pytest.mark.slow
 def test_killed_run_continues_to_the_uninterrupted_result(star, tmp_path):
     subprocess.run(mra(star, tmp_path / "whole"), check=True, capture_output=True)
     victim = subprocess.Popen(mra(star, tmp_path / "killed"), stdout=subprocess.DEVNULL)
-    wait_for(str(tmp_path / "killed" / "iter_002"))
+    wait_for(outputs.checkpoint_dir(tmp_path / "killed", 2))
     time.sleep(0.3)  # inside iteration 3
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    assert not (tmp_path / "killed" / "particles.star").exists()
+    assert not (tmp_path / "killed" / outputs.PARTICLES_STAR).exists()
     done = subprocess.run(mra(star, tmp_path / "killed", "--continue"), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "continuing after iteration" in done.stdout
@@ -81,7 +83,7 @@ def test_a_killed_mpi_rank_ends_the_job(star, tmp_path):
     out = tmp_path / "mpi"
     job = subprocess.Popen([os.path.join(BIN, "mpirun"), "-n", "2"] + mra(star, out),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(str(out / "iter_001"))
+    wait_for(outputs.checkpoint_dir(out, 1))
     ranks = _rank_pids(out)
     assert set(ranks) == {0, 1}
     os.kill(ranks[1], signal.SIGKILL)
@@ -91,7 +93,7 @@ def test_a_killed_mpi_rank_ends_the_job(star, tmp_path):
     assert time.time() - start < 30
     assert "rank 1 of 2: pid %d" % ranks[1] in log  # the launcher reports the dead PID and its signal
     assert "PID %d" % ranks[1] in log and "signal 9" in log
-    assert not (out / "particles.star").exists()
+    assert not (out / outputs.PARTICLES_STAR).exists()
     time.sleep(1)
     assert _rank_pids(out) == {}, "orphaned ranks remain"
 

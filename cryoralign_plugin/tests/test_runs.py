@@ -6,8 +6,11 @@ import sys
 import numpy as np
 import pytest
 
-from cryoralign_plugin.engine import align, io, outputs, synthetic
+from cryoralign_plugin.engine import align, outputs, synthetic
 from cryoralign_plugin.engine.geometry import MIRROR
+from cryoralign_plugin.engine.mrc import read_stack, write_stack
+from cryoralign_plugin.engine.sources import StarSource
+from cryoralign_plugin.engine.star import read_star, write_star
 
 ENGINE = [sys.executable, "-m", "cryoralign_plugin.engine.cli"]
 MPIRUN = os.path.join(os.path.dirname(sys.executable), "mpirun")
@@ -36,7 +39,7 @@ def test_reference_free_alignment_brings_particles_into_register():
 
 
 def test_continue_gives_the_same_result_as_one_run(dataset, tmp_path):
-    source = io.ParticleStack.from_star(str(dataset / "particles.star"))
+    source = StarSource.from_star(str(dataset / "particles.star"))
     same = dict(n_classes=3, balanced_iterations=1, **quiet)
     whole = align.align_multi_reference(source, iterations=4, out_dir=str(tmp_path / "a"), **same)
     align.align_multi_reference(source, iterations=2, out_dir=str(tmp_path / "b"), **same)  # "killed" after 2
@@ -56,10 +59,10 @@ def test_outputs_follow_the_contract(dataset, tmp_path):
     ids, classes, params, scores = outputs.read_particles(str(out))
     assert list(ids) == list(range(1, 241))
     assert len(classes) == 240 and set(classes) <= {0, 1, 2} and np.all(np.isfinite(scores))
-    assert io.read_stack(str(out / "classes.mrcs")).shape == (3, 48, 48)
-    rows = list(io.read_star(str(out / "classes.star"), "classes"))
+    assert read_stack(str(out / outputs.CLASSES_MRCS)).shape == (3, 48, 48)
+    rows = list(read_star(str(out / outputs.CLASSES_STAR), "classes"))
     assert sum(r.rlnClassSize for r in rows) == 240
-    history = io.read_json(str(out / "history.json"))
+    history = outputs.read_history(str(out))
     assert [h["iteration"] for h in history] == [1, 2]
     assert sorted(os.listdir(out)) == ["classes.mrcs", "classes.star", "history.json", "iter_001", "iter_002",
                                        "particles.star"]
@@ -72,31 +75,32 @@ def test_two_mpi_ranks_give_the_single_process_result(dataset, tmp_path):
                       "--classes", 3, "--iterations", 3, "--threads", 1, ranks=ranks)
         assert done.returncode == 0, done.stderr
     assert "2 MPI rank(s)" in done.stdout
-    assert (tmp_path / "1" / "particles.star").read_text() == (tmp_path / "2" / "particles.star").read_text()
-    np.testing.assert_array_equal(io.read_stack(str(tmp_path / "1" / "classes.mrcs")),
-                                  io.read_stack(str(tmp_path / "2" / "classes.mrcs")))
+    particles = outputs.PARTICLES_STAR
+    assert (tmp_path / "1" / particles).read_text() == (tmp_path / "2" / particles).read_text()
+    np.testing.assert_array_equal(read_stack(str(tmp_path / "1" / outputs.CLASSES_MRCS)),
+                                  read_stack(str(tmp_path / "2" / outputs.CLASSES_MRCS)))
 
 
 @pytest.mark.slow
 def test_a_failing_rank_stops_the_job_with_its_message(dataset, tmp_path):
     star = tmp_path / "bad.star"
-    stack = io.read_stack(str(dataset / "particles.mrcs"))
+    stack = read_stack(str(dataset / "particles.mrcs"))
     stack[-1] = np.nan  # the last particle belongs to rank 1
-    io.write_stack(str(tmp_path / "bad.mrcs"), stack)
-    io.write_star(str(star), {"particles": (["rlnImageId", "rlnImageName"],
-                                            [(i + 1, "%06d@bad.mrcs" % (i + 1)) for i in range(len(stack))])})
+    write_stack(str(tmp_path / "bad.mrcs"), stack)
+    write_star(str(star), {"particles": (["rlnImageId", "rlnImageName"],
+                                         [(i + 1, "%06d@bad.mrcs" % (i + 1)) for i in range(len(stack))])})
     done = engine("mra", "--particles", star, "--out", tmp_path / "out", "--classes", 3, ranks=2)
     assert done.returncode != 0
     assert "rank 1 of 2" in done.stderr and "NaN" in done.stderr
-    assert not (tmp_path / "out" / "particles.star").exists()
+    assert not (tmp_path / "out" / outputs.PARTICLES_STAR).exists()
 
 
 def _star(tmp_path, images, names=None):
-    io.write_stack(str(tmp_path / "s.mrcs"), images)
+    write_stack(str(tmp_path / "s.mrcs"), images)
     if names is None:
         names = ["%06d@s.mrcs" % (i + 1) for i in range(len(images))]
-    io.write_star(str(tmp_path / "in.star"), {"particles": (["rlnImageId", "rlnImageName"],
-                                                            [(i + 1, n) for i, n in enumerate(names)])})
+    write_star(str(tmp_path / "in.star"), {"particles": (["rlnImageId", "rlnImageName"],
+                                                         [(i + 1, n) for i, n in enumerate(names)])})
     return tmp_path / "in.star"
 
 
@@ -141,19 +145,19 @@ def test_bad_input_is_a_clear_error(tmp_path, case, args, expected):
     star = _star(tmp_path, images, _break(case, tmp_path, images))
     out = tmp_path / "out"
     if case == "references":
-        io.write_stack(str(tmp_path / "refs.mrcs"), rng.normal(size=(2, 40, 40)).astype(np.float32))
+        write_stack(str(tmp_path / "refs.mrcs"), rng.normal(size=(2, 40, 40)).astype(np.float32))
         args = [a if a != "REFS" else tmp_path / "refs.mrcs" for a in args]
     if case == "unwritable":
         out.write_text("a file where the output directory should be")
     if case == "non_square":
-        io.write_stack(str(tmp_path / "s.mrcs"), rng.normal(size=(20, 48, 40)).astype(np.float32))
+        write_stack(str(tmp_path / "s.mrcs"), rng.normal(size=(20, 48, 40)).astype(np.float32))
     if case == "truncated":
         data = (tmp_path / "s.mrcs").read_bytes()
         (tmp_path / "s.mrcs").write_bytes(data[:len(data) // 2])
     done = engine(args[0], "--particles", star, "--out", out, *args[1:])
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr and "Traceback" not in done.stderr
-    assert not (out / "particles.star").exists() if out.is_dir() else True
+    assert not (out / outputs.PARTICLES_STAR).exists() if out.is_dir() else True
 
 
 def test_odd_box_size_works(tmp_path):

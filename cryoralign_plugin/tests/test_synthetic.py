@@ -6,7 +6,9 @@ import pytest
 from cryoralign_plugin.engine import synthetic as syn
 from cryoralign_plugin.engine.geometry import MIRROR, PSI, SX, SY
 from cryoralign_plugin.engine.images import circular_mask, transform
-from cryoralign_plugin.engine.io import ParticleStack, read_stack, read_star
+from cryoralign_plugin.engine.mrc import read_stack
+from cryoralign_plugin.engine.sources import StarSource
+from cryoralign_plugin.engine.star import read_star
 
 BOX = 64
 
@@ -149,7 +151,7 @@ def test_make_dataset_writes_files_whose_names_resolve(tmp_path, capsys):
     out = capsys.readouterr().out
     paths = {line.split()[0]: line.split()[1] for line in out.splitlines()}
     assert set(paths) == {"particles", "particles_star", "truth", "references"}
-    stack = ParticleStack.from_star(paths["particles_star"])
+    stack = StarSource.from_star(paths["particles_star"])
     assert stack.count == 40 and stack.box == 32 and list(stack.ids) == list(range(1, 41))
     images = read_stack(paths["particles"])
     assert np.array_equal(stack.read(np.arange(40)), images)

@@ -11,8 +11,10 @@ import os
 import numpy as np
 
 from .. import convert
-from ..constants import ENGINE_DIR, INPUT_DIR, INPUT_STAR, OUT_HISTORY
-from ..engine import io, outputs
+from ..constants import ENGINE_DIR, INPUT_DIR, INPUT_STAR
+from ..engine import outputs
+from ..engine.mrc import read_stack
+from ..engine.sources import StarSource
 
 
 class RunResults:
@@ -23,7 +25,7 @@ class RunResults:
         self.inputStar = os.path.join(extraDir, INPUT_DIR, INPUT_STAR)
         found = outputs.read_particles(self.engineDir)
         self.params, self.scores, self.classes = found.params, found.scores, found.classes + 1
-        self.history = io.read_json(os.path.join(self.engineDir, OUT_HISTORY))
+        self.history = outputs.read_history(self.engineDir)
         engineClasses = convert.readEngineClasses(self.engineDir)
         self.classIds = np.array(sorted(engineClasses), dtype=np.int64)
         info = [engineClasses[c] for c in self.classIds]
@@ -38,13 +40,13 @@ class RunResults:
         for cid in classIds:
             index, stack = self._averageLocations[int(np.searchsorted(self.classIds, cid))]
             if stack not in stacks:
-                stacks[stack] = io.read_stack(stack)
+                stacks[stack] = read_stack(stack)
             out.append(stacks[stack][index - 1])
         return np.array(out)
 
     def particleImages(self, indices):
         """Input images of the particles at 0-based rows ``indices`` of ``particles.star``."""
-        with io.ParticleStack.from_star(self.inputStar) as stack:
+        with StarSource.from_star(self.inputStar) as stack:
             return stack.read(indices)
 
     def select(self, classIds):

@@ -1,0 +1,137 @@
+"""STAR tables (RELION's text format) read and written with emtable.
+
+emtable reads one table from an open file but cannot list a file's tables, and it splits a row on
+blanks; this module adds the scan that finds each ``data_`` block, reads one by name, and quotes the
+values that hold blanks so that they read back whole.  Writes are atomic (:func:`~.files.atomic_path`)
+and bad files raise :class:`~cryoralign_plugin.engine.errors.InputError` naming the problem and the fix.
+"""
+import os
+
+import numpy as np
+from emtable import Table
+
+from .errors import InputError
+from .files import atomic_path, check_readable_file
+
+__all__ = ["scan_star", "read_table", "read_star", "write_star"]
+
+
+def scan_star(path):
+    """Return [(table_name, byte_offset_of_data_line)] for every ``data_`` block of a STAR file."""
+    check_readable_file(path, "STAR file")
+    blocks = []
+    try:
+        with open(path, "r") as f:
+            while True:
+                pos = f.tell()
+                line = f.readline()
+                if not line:
+                    break
+                s = line.strip()
+                if s.startswith("data_"):
+                    blocks.append((s[5:].split()[0] if len(s) > 5 else "", pos))
+    except UnicodeDecodeError:
+        raise InputError("STAR file %s is not a text file; give a STAR (.star) file" % path) from None
+    return blocks
+
+
+def read_table(path, offset, name, guess_type=True, types=None):
+    """Read the table whose ``data_`` line starts at ``offset``; a table with no columns gives None."""
+    with open(path, "r") as f:
+        f.seek(offset)
+        t = Table()
+        try:
+            t.readStar(f, tableName=name, guessType=guess_type, types=types)
+        except IndexError:
+            return None   # emtable: a data_ block without any column
+        except Exception as e:
+            raise InputError("cannot parse table '%s' of STAR file %s: %s; check that every row has one "
+                             "value per column and that quoted values are closed" % (name, path, e)) from None
+    return t
+
+
+def read_star(path, table=None, guess_type=True, types=None):
+    """Read one table of a STAR file as an emtable ``Table``.
+
+    ``table`` is the table name (``"particles"`` for ``data_particles``, ``""`` for an unnamed
+    ``data_`` block); ``None`` takes the first table.  A table with no columns reads as an empty Table.
+    """
+    path = os.fspath(path)
+    blocks = scan_star(path)
+    if not blocks:
+        raise InputError("STAR file %s contains no table (no data_ block); it is empty or not a STAR file: "
+                         "check the path or regenerate it" % path)
+    if table is None:
+        name, offset = blocks[0]
+    else:
+        found = [b for b in blocks if b[0] == table]
+        if not found:
+            raise InputError("STAR file %s has no table data_%s (tables found: %s); give the right table "
+                             "name or file" % (path, table, ", ".join("data_" + b[0] for b in blocks)))
+        name, offset = found[0]
+    t = read_table(path, offset, name, guess_type=guess_type, types=types)
+    return t if t is not None else Table()
+
+
+def _star_value(v):
+    if isinstance(v, (bool, np.bool_)):
+        return int(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.floating):
+        return float(v)
+    return v
+
+
+def _quote_columns(columns, rows):
+    """Quote string columns whose values contain whitespace or are empty (STAR values are blank-separated).
+
+    A column is quoted in every row if any row needs it, so that emtable's reader (which picks its
+    splitting rule from the first row) parses all rows the same way.
+    """
+    rows = [tuple(_star_value(v) for v in r) for r in rows]
+    for r in rows:
+        if len(r) != len(columns):
+            raise ValueError("STAR row %r has %d values for %d columns %s" % (r, len(r), len(columns), columns))
+    quote = []
+    for j, c in enumerate(columns):
+        need = False
+        for r in rows:
+            v = r[j]
+            if isinstance(v, str):
+                if '"' in v or "'" in v or "\n" in v:
+                    raise ValueError("STAR value %r in column %s contains a quote or newline; "
+                                     "rename it without quotes" % (v, c))
+                if v == "" or any(ch.isspace() for ch in v):
+                    need = True
+        quote.append(need)
+    if any(quote):
+        rows = [tuple('"%s"' % v if q else v for v, q in zip(r, quote)) for r in rows]
+    return rows
+
+
+def write_star(path, tables):
+    """Write STAR tables atomically.
+
+    ``tables`` maps a table name to ``(columns, rows)``: a list of column names (``"rlnImageName"``) and a
+    list of tuples, one value per column.  Tables are written in the dict's order; an empty ``rows`` list
+    still writes the columns so the table reads back (empty) with its columns.
+    """
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write("\n# version 30001 (written by cryoralign)\n")
+            for name, (columns, rows) in tables.items():
+                columns = [str(c) for c in columns]
+                if not columns:
+                    raise ValueError("STAR table %s has no columns" % name)
+                rows = _quote_columns(columns, rows)
+                t = Table(columns=columns)
+                for r in rows:
+                    t.addRow(*r)
+                if rows:
+                    t.writeStar(f, tableName=name)
+                else:
+                    w = Table.Writer(f)
+                    w.writeTableName(name)
+                    w.writeHeader(list(t.getColumns()))
+                    w.writeNewline()
