@@ -17,14 +17,19 @@ import numpy as np
 from .errors import InputError
 from .files import atomic_path, check_readable_file
 
-__all__ = ["MAX_OPEN_STACKS", "StackMaps", "open_stack", "stack_shape", "voxel_size", "write_stack",
-           "read_stack"]
+__all__ = ["MAX_OPEN_STACKS", "StackMaps", "open_stack", "image_data", "stack_shape", "voxel_size",
+           "write_stack", "read_stack"]
 
 #: Maximum number of stacks kept open (memory-mapped) at the same time by one :class:`StackMaps`.
 MAX_OPEN_STACKS = 64
 
 _MRC_HEADER_BYTES = 1024
 _COMPLEX_MODES = (3, 4)
+#: ``imodStamp`` (header bytes 152-155) of files written by IMOD; its ``imodFlags`` (bytes 156-159) bit 0
+#: says whether mode-0 bytes are signed.  Without the bit, IMOD's mode 0 is *unsigned* (0..255), which
+#: mrcfile does not apply (it reads mode 0 as int8 as MRC2014 says).
+IMOD_STAMP = 1146047817
+_IMOD_WORDS = slice(40, 48)   # imodStamp, imodFlags inside the header's extra2 field (bytes 112..195)
 
 
 def _explain_mrc_error(path, err, what):
@@ -73,6 +78,23 @@ def open_stack(path, what="particle stack"):
         m.close()
         raise InputError("%s %s holds complex (Fourier-space) data; give real-space images" % (what, path))
     return m
+
+
+def _imod_unsigned_bytes(header):
+    """True for a mode-0 file written by IMOD without the 'signed bytes' flag: its bytes are uint8."""
+    if int(header.mode) != 0:
+        return False
+    stamp, flags = np.frombuffer(bytes(header.extra2)[_IMOD_WORDS], dtype=header.dtype["nx"])
+    return int(stamp) == IMOD_STAMP and not int(flags) & 1
+
+
+def image_data(m):
+    """The data block of an open MRC file with the right value type: as mrcfile gives it, except IMOD's
+    unsigned 8-bit files (see :data:`IMOD_STAMP`), viewed as uint8 (no copy)."""
+    data = m.data
+    if data is not None and data.dtype.itemsize == 1 and _imod_unsigned_bytes(m.header):
+        data = data.view(np.uint8)
+    return data
 
 
 def stack_shape(data, path, what="particle stack"):
@@ -162,7 +184,8 @@ def read_stack(path):
     path = os.fspath(path)
     m = open_stack(path, what="MRC stack")
     try:
-        n, ny, nx = stack_shape(m.data, path, what="MRC stack")
-        return np.array(m.data, dtype=np.float32).reshape(n, ny, nx)
+        data = image_data(m)
+        n, ny, nx = stack_shape(data, path, what="MRC stack")
+        return np.array(data, dtype=np.float32).reshape(n, ny, nx)
     finally:
         m.close()

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from .errors import InputError
-from .mrc import StackMaps, stack_shape, voxel_size
+from .mrc import StackMaps, image_data, stack_shape, voxel_size
 from .particle_table import read_particle_table
 
 __all__ = ["ParticleSource", "ArraySource", "StarSource"]
@@ -161,7 +161,7 @@ class StarSource(ParticleSource):
         for s, p in enumerate(self.stack_paths):
             self._check_exists(p, *tried[s])
             m = self._open.get(s)
-            length, ny, nx = stack_shape(m.data, p)
+            length, ny, nx = stack_shape(image_data(m), p)
             if ny != nx:
                 raise InputError("particle stack %s has non-square images (%d x %d); the engine needs square "
                                  "boxes: re-extract or pad/crop the particles to a square box" % (p, ny, nx))
@@ -201,7 +201,8 @@ class StarSource(ParticleSource):
         for group in np.split(order, cuts):
             sl = locs[group]
             m = self._open.get(int(stacks[group[0]]))
-            data = m.data if m.data.ndim == 3 else m.data[None]
+            data = image_data(m)
+            data = data if data.ndim == 3 else data[None]
             lo, hi = int(sl[0]), int(sl[-1])
             if hi - lo + 1 == sl.size and (sl.size == 1 or np.all(np.diff(sl) == 1)):
                 out[group] = data[lo:hi + 1]        # contiguous: one sequential slice of the map

@@ -38,3 +38,21 @@ def star_file(path, names, extra=None, table="particles", optics=None):
     with open(str(path), "w") as f:
         f.write("\n".join(lines) + "\n")
     return str(path)
+
+
+IMOD_STAMP = 1146047817
+
+
+def imod_byte_stack(path, values, signed_flag=False):
+    """An MRC mode-0 (8-bit) stack as IMOD writes it: the IMOD stamp at byte 152 and imodFlags at 156
+    (bit 0 set = the bytes are signed), set straight in the header with mrcfile.  ``values`` are the
+    raw bytes as uint8."""
+    data = np.asarray(values, dtype=np.uint8).view(np.int8)
+    with mrcfile.new(str(path), overwrite=True) as m:
+        m.set_data(data)
+        if data.ndim == 3:
+            m.set_image_stack()
+        extra2 = bytearray(bytes(m.header.extra2))       # bytes 112..195 of the header
+        extra2[40:48] = np.array([IMOD_STAMP, int(signed_flag)], dtype=m.header.dtype["nx"]).tobytes()
+        m.header.extra2 = bytes(extra2)
+    return str(path)

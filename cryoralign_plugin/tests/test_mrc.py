@@ -8,7 +8,7 @@ import pytest
 from cryoralign_plugin.engine.errors import InputError
 from cryoralign_plugin.engine.mrc import read_stack, write_stack
 
-from handmade import mrc_file, random_images
+from handmade import imod_byte_stack, mrc_file, random_images
 
 
 def test_write_read_stack_round_trip(tmp_path):
@@ -55,3 +55,19 @@ def test_write_stack_failure_keeps_old_file(tmp_path, monkeypatch):
         write_stack(p, random_images(3, seed=9))
     assert p.read_bytes() == before
     assert os.listdir(tmp_path) == ["a.mrcs"]
+
+
+def test_imod_unsigned_bytes_are_read_as_unsigned(tmp_path):
+    """IMOD writes mode 0 as unsigned bytes unless bit 0 of imodFlags says signed; mrcfile reads int8."""
+    raw = (np.arange(3 * 4 * 4) * 7 % 256).astype(np.uint8).reshape(3, 4, 4)
+    assert raw.max() > 127
+    p = imod_byte_stack(tmp_path / "imod.mrcs", raw)
+    got = read_stack(p)
+    assert got.dtype == np.float32 and got.min() >= 0 and got.max() <= 255
+    np.testing.assert_array_equal(got, raw.astype(np.float32))
+    signed = imod_byte_stack(tmp_path / "signed.mrcs", raw, signed_flag=True)
+    np.testing.assert_array_equal(read_stack(signed), raw.view(np.int8).astype(np.float32))
+    plain = tmp_path / "plain.mrcs"       # mode 0 without the IMOD stamp is signed (MRC2014)
+    with mrcfile.new(str(plain)) as m:
+        m.set_data(raw.view(np.int8))
+    np.testing.assert_array_equal(read_stack(plain), raw.view(np.int8).astype(np.float32))

@@ -10,7 +10,7 @@ from cryoralign_plugin.engine import mrc
 from cryoralign_plugin.engine.errors import InputError
 from cryoralign_plugin.engine.sources import ArraySource, StarSource
 
-from handmade import mrc_file, random_images, star_file
+from handmade import imod_byte_stack, mrc_file, random_images, star_file
 
 
 # ----------------------------------------------------------------------------- STAR + MRC stacks
@@ -185,6 +185,14 @@ def test_from_star_different_pixel_sizes(tmp_path):
     star = star_file(tmp_path / "in.star", ["1@a.mrcs", "2@a.mrcs"], extra={"rlnImagePixelSize": [1.0, 2.0]})
     with pytest.raises(InputError, match="different pixel sizes"):
         StarSource.from_star(star)
+
+
+def test_from_star_imod_unsigned_bytes(tmp_path):
+    raw = (np.arange(4 * 6 * 6) * 11 % 256).astype(np.uint8).reshape(4, 6, 6)
+    imod_byte_stack(tmp_path / "imod.mrcs", raw)
+    ps = StarSource.from_star(star_file(tmp_path / "in.star", ["000004@imod.mrcs", "000002@imod.mrcs"]))
+    np.testing.assert_array_equal(ps.read([0, 1]), raw[[3, 1]].astype(np.float32))
+    assert ps.read([0, 1]).min() >= 0
 
 
 def test_read_rejects_nan(tmp_path):
