@@ -34,8 +34,9 @@ class ParticleTable:
     """The columns of a STAR file's particle table, as the engine uses them (stacks not opened yet).
 
     Image ``i`` is image ``local[i]`` (0-based) of stack file ``stack_paths[stack_of[i]]``; one file
-    named under two spellings is one stack.  ``tried[s]`` is ``(paths looked at, first row)`` of stack
-    ``s``, for the message if it is missing.
+    named under two spellings is one stack.  ``numbered[i]`` is False where the name had no
+    ``index@`` (image 1 of a single-image file).  ``tried[s]`` is ``(paths looked at, first row)`` of
+    stack ``s``, for the message if it is missing.
     """
     star_path: str
     ids: np.ndarray
@@ -43,6 +44,7 @@ class ParticleTable:
     stack_paths: list
     stack_of: np.ndarray
     local: np.ndarray
+    numbered: np.ndarray
     tried: list
     pixel_size: Optional[float]
     prior: Optional[np.ndarray]
@@ -55,10 +57,11 @@ def read_particle_table(path):
     table = _particle_rows(star_path, blocks)
     ids = _image_ids(table, star_path)
     names = [str(r.rlnImageName) for r in table]
-    stack_paths, stack_of, local, tried = _image_locations(names, star_path)
+    stack_paths, stack_of, local, numbered, tried = _image_locations(names, star_path)
     pixel_size = _star_pixel_size(star_path, blocks, table)
     prior = _star_prior(star_path, table, pixel_size)
-    return ParticleTable(star_path, ids, names, stack_paths, stack_of, local, tried, pixel_size, prior)
+    return ParticleTable(star_path, ids, names, stack_paths, stack_of, local, numbered, tried, pixel_size,
+                         prior)
 
 
 def _particle_table_name(star_path, blocks):
@@ -150,12 +153,13 @@ def _resolve(p, star_dir):
 
 
 def _image_locations(names, star_path):
-    """``(stack_paths, stack_of, local, tried)`` of the ``rlnImageName`` values (see ParticleTable)."""
+    """``(stack_paths, stack_of, local, numbered, tried)`` of the ``rlnImageName`` values (see ParticleTable)."""
     star_dir = os.path.dirname(star_path)
     stack_index = {}
     stack_paths, stack_tried = [], []
     stack_of = np.empty(len(names), dtype=np.int32)
     local = np.empty(len(names), dtype=np.int64)
+    numbered = np.array(["@" in v for v in names], dtype=bool)
     for i, value in enumerate(names):
         idx, p = _parse_image_name(value, i, star_path)
         s = stack_index.get(p)
@@ -166,7 +170,8 @@ def _image_locations(names, star_path):
             stack_tried.append((tried, i))
         stack_of[i] = s
         local[i] = idx
-    return _merge_spellings(stack_paths, stack_tried, stack_of, local)
+    stack_paths, stack_of, local, stack_tried = _merge_spellings(stack_paths, stack_tried, stack_of, local)
+    return stack_paths, stack_of, local, numbered, stack_tried
 
 
 def _merge_spellings(stack_paths, stack_tried, stack_of, local):

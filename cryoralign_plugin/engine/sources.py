@@ -141,6 +141,7 @@ class StarSource(ParticleSource):
         self.star_path = table.star_path
         self._stack_of = table.stack_of
         self._local = table.local
+        self._numbered = table.numbered
         self._open = StackMaps(self.stack_paths)
         self.box, header_sizes = self._check_stacks(table.tried)
         if self.pixel_size is None and len(header_sizes) == 1:
@@ -185,12 +186,23 @@ class StarSource(ParticleSource):
                              % (tried[0], row + 1, self.star_path, self.names[row], where))
 
     def _check_length(self, s, p, hi, length):
-        """InputError if a row of stack ``s`` asks for an image past its ``length``."""
+        """InputError if a row of stack ``s`` asks for an image past its ``length``, or names a stack of
+        several images without an image number (it would read image 1 for every such row)."""
+        rows = self._stack_of == s
+        if length > 1:
+            plain = np.flatnonzero(rows & ~self._numbered)
+            if plain.size:
+                r = int(plain[0])
+                raise InputError("row %d of %s: rlnImageName '%s' has no image number but %s holds %d images: "
+                                 "write it as 000001@%s ... %06d@%s, one row per image"
+                                 % (r + 1, self.star_path, self.names[r], p, length, self.names[r], length,
+                                    self.names[r]))
         if hi >= length:
-            row_bad = int(np.flatnonzero((self._stack_of == s) & (self._local >= length))[0])
-            raise InputError("row %d of %s: rlnImageName %s asks for image %d, but %s holds only %d image(s); "
+            r = int(np.flatnonzero(rows & (self._local >= length))[0])
+            raise InputError("row %d of %s asks for image %d of %s, which holds %d image%s (rlnImageName %s): "
                              "fix the index (1-based) or regenerate the STAR file from the stack"
-                             % (row_bad + 1, self.star_path, self.names[row_bad], hi + 1, p, length))
+                             % (r + 1, self.star_path, self._local[r] + 1, p, length, "s" * (length != 1),
+                                self.names[r]))
 
     def _fill(self, out, idx):
         """Sorted contiguous positions in one stack are read as one slice of the memory map."""

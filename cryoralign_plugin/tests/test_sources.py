@@ -104,11 +104,29 @@ def test_from_star_missing_stack(tmp_path):
 def test_from_star_index_past_end(tmp_path):
     mrc_file(tmp_path / "a.mrcs", random_images(3))
     star = star_file(tmp_path / "in.star", ["1@a.mrcs", "000004@a.mrcs"])
-    with pytest.raises(InputError, match=r"row 2 .*image 4.*holds only 3"):
+    with pytest.raises(InputError, match=r"row 2 .*image 4.*holds 3 images"):
         StarSource.from_star(star)
+    # The row named is the first bad one, with its own index (not the stack's largest index).
+    star = star_file(tmp_path / "in.star", ["1@a.mrcs", "000005@a.mrcs", "3@a.mrcs", "000305@a.mrcs"])
+    with pytest.raises(InputError, match=r"row 2 of .*asks for image 5 of .*a\.mrcs, which holds 3 images") as e:
+        StarSource.from_star(star)
+    assert "305" not in str(e.value) and "\n" not in str(e.value)
     star0 = star_file(tmp_path / "zero.star", ["0@a.mrcs"])
     with pytest.raises(InputError, match="1-based"):
         StarSource.from_star(star0)
+
+
+def test_from_star_name_without_number(tmp_path):
+    """A name without '@' means image 1 only when the file holds one image; a stack needs numbers."""
+    mrc_file(tmp_path / "many.mrcs", random_images(300, 4))
+    mrc_file(tmp_path / "one.mrc", random_images(1, 4)[0])
+    star = star_file(tmp_path / "in.star", ["1@many.mrcs", "one.mrc", "many.mrcs"])
+    with pytest.raises(InputError, match=r"row 3 of .*rlnImageName 'many\.mrcs' has no image number but "
+                                         r".*many\.mrcs holds 300 images: write it as 000001@many\.mrcs") as e:
+        StarSource.from_star(star)
+    assert "\n" not in str(e.value)
+    ok = StarSource.from_star(star_file(tmp_path / "ok.star", ["2@many.mrcs", "one.mrc"]))
+    assert ok.count == 2
 
 
 def test_from_star_truncated_mrc(tmp_path):
