@@ -46,3 +46,52 @@ def test_read_star_missing_and_empty_file(tmp_path):
     (tmp_path / "empty.star").write_text("")
     with pytest.raises(InputError, match="no table"):
         read_star(tmp_path / "empty.star", "particles")
+
+
+def test_blank_line_inside_a_loop_is_refused(tmp_path):
+    """emtable (and RELION) end a loop at a blank line: the rows after it must not vanish silently."""
+    p = tmp_path / "gap.star"
+    p.write_text("# comment\ndata_optics\nloop_\n_rlnOpticsGroup\n1\n\n"
+                 "data_particles\n\nloop_\n_rlnImageName\n_rlnImageId\n1@a.mrcs 1\n2@a.mrcs 2\n\n"
+                 "3@a.mrcs 3\n4@a.mrcs 4\n# trailing comment\n5@a.mrcs 5\n\n")
+    with pytest.raises(InputError, match=r"line 14 of .*gap\.star: a blank line inside the loop of "
+                                         r"data_particles hides 3 more rows: remove the blank line") as e:
+        read_star(p, "particles")
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="line 14 of"):   # the file is refused whichever table is asked for
+        read_star(p, "optics")
+    head = tmp_path / "head.star"                    # a blank line between the columns and the rows
+    head.write_text("data_particles\nloop_\n_rlnImageName\n\n1@a.mrcs\n2@a.mrcs\n")
+    with pytest.raises(InputError, match=r"line 4 of .*hides 2 more rows"):
+        read_star(head, "particles")
+    fine = tmp_path / "fine.star"                    # blank lines between tables and at the end are fine
+    fine.write_text("\ndata_particles\n\nloop_\n_rlnImageName\n1@a.mrcs\n2@a.mrcs\n\n\n# end\n\n"
+                    "data_classes\n\n_rlnClassNumber 3\n\n")
+    assert len(read_star(fine, "particles")) == 2
+    assert read_star(fine, "classes")[0].rlnClassNumber == 3
+
+
+def test_star_path_is_a_folder(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "particles.star").write_text("data_particles\nloop_\n_rlnImageName\n1@a.mrcs\n")
+    with pytest.raises(InputError, match=r"STAR file .*run is a folder.*give the path of the STAR file") as e:
+        read_star(tmp_path / "run", "particles")
+    assert "MRC" not in str(e.value) and "particles.star" in str(e.value)
+
+
+def test_latin1_star_is_read(tmp_path):
+    """8-bit (latin-1) text is read as such, not refused as 'not a text file'."""
+    p = tmp_path / "latin1.star"
+    p.write_bytes("data_particles\nloop_\n_rlnImageName\n_rlnMicrographName\n1@a.mrcs mic_caf\u00e9.mrc\n"
+                  "2@a.mrcs plain.mrc\n".encode("latin-1"))
+    t = read_star(p, "particles")
+    assert t.getColumnValues("rlnMicrographName") == ["mic_caf\u00e9.mrc", "plain.mrc"]
+    assert [name for name, _ in scan_star(p)] == ["particles"]
+    u = tmp_path / "utf8.star"
+    u.write_bytes("data_particles\nloop_\n_rlnImageName\n_rlnMicrographName\n1@a.mrcs mic_caf\u00e9.mrc\n"
+                  .encode("utf-8"))
+    assert read_star(u, "particles")[0].rlnMicrographName == "mic_caf\u00e9.mrc"
+    binary = tmp_path / "stack.star"     # binary data (an MRC stack given as the STAR file)
+    binary.write_bytes(b"\x00\x01\x02\xff" * 300)
+    with pytest.raises(InputError, match=r"stack\.star is not a text file"):
+        read_star(binary, "particles")
