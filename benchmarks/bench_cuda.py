@@ -15,7 +15,7 @@ import numpy as np
 from numba import cuda as numba_cuda
 
 from cryoralign_plugin.engine import loop, parallel, search, synthetic
-from cryoralign_plugin.engine.backends import cuda
+from cryoralign_plugin.engine.backends import cuda, cuda_config, cuda_layout
 from cryoralign_plugin.engine.settings import Settings
 from cryoralign_plugin.engine.sources import ArraySource
 
@@ -50,9 +50,9 @@ def main():
     parser.add_argument("--classes", type=int, default=50)
     parser.add_argument("--gpu", type=int, default=0)
     args = parser.parse_args()
-    if cuda.SIMULATOR or not cuda.available():
+    if cuda_config.SIMULATOR or not cuda.available():
         print("bench_cuda: no usable CUDA GPU here (%s); nothing to measure" %
-              ("the simulator is not a benchmark" if cuda.SIMULATOR else "numba.cuda found no driver/device"))
+              ("the simulator is not a benchmark" if cuda_config.SIMULATOR else "numba.cuda found no driver/device"))
         return 0
     box, radius, shift_range = 130, 52, 3.0
     refs = synthetic.slicem_references(args.classes, box, seed=0)
@@ -69,9 +69,9 @@ def main():
     correlations = args.particles * args.classes * n_shifts * mirrors
     search_s = sum(seconds[k] for k in ("reference_rings", "prepare", "particle_rings", "search_kernel"))
     total_s = search_s + seconds["class_sums"]
-    per_particle = sum(cuda.search_bytes(cuda.layout(ctx.grid), args.classes))
+    per_particle = sum(cuda_layout.search_bytes(cuda_layout.layout(ctx.grid), args.classes))
     free, total = numba_cuda.current_context().get_memory_info()
-    result = {"benchmark": "cuda_mra_iteration", "device": cuda._device_name(backend.device),
+    result = {"benchmark": "cuda_mra_iteration", "device": cuda.device_name(backend.device),
               "particles": args.particles, "box": box, "radius": radius, "classes": args.classes,
               "shifts": n_shifts,
               "ring_length": ctx.grid.maxrin, "mirror": settings.mirror, "seconds": seconds,

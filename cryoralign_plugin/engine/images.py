@@ -8,7 +8,6 @@ from numba import njit, prange
 
 from . import interpolation
 from .errors import InputError
-from .geometry import PSI, SX, SY, MIRROR
 
 
 def circular_mask(box, radius):
@@ -63,21 +62,18 @@ def normalise(images, radius):
 
 _cubic_weight = njit(cache=True, inline="always")(interpolation.cubic_weight)
 _sample_cubic = njit(cache=True)(interpolation.cubic_sampler(_cubic_weight))
+_moved = njit(cache=True, inline="always")(interpolation.mover(_sample_cubic))
+transform_terms = njit(cache=True, inline="always")(interpolation.transform_terms)  # also the CUDA backend's
 
 
 @njit(cache=True)
 def _transform_one(img, params, out):
     """``out`` = ``img`` with ``params`` applied: each output pixel pulls from its inverse image."""
     n = img.shape[0]
-    center = n // 2
-    a = np.deg2rad(params[PSI])
-    c, s = np.cos(a), np.sin(a)
-    mirror = -1.0 if params[MIRROR] > 0.5 else 1.0
+    terms = transform_terms(params)
     for oy in range(n):
-        uy = oy - center - params[SY]
         for ox in range(n):
-            ux = mirror * (ox - center) - params[SX]
-            out[oy, ox] = _sample_cubic(img, c * ux - s * uy + center, s * ux + c * uy + center)
+            out[oy, ox] = _moved(img, terms, ox, oy)
 
 
 @njit(cache=True, parallel=True)

@@ -1,9 +1,18 @@
 """Interpolation written once in plain Python, compiled for the CPU (``numba.njit``) and the GPU
-(``numba.cuda`` device functions), so both backends sample with the same operations in the same order.
+(``numba.cuda`` device functions), so both backends compute with the same operations in the same order:
+image sampling (bilinear, Keys cubic), the pixel pull of a parameter transform, and the sub-sample
+peak of a rotational correlation (7-point parabola).
+
+Functions that call another one are factories (``cubic_sampler``, ``mover``, ``peak_refiner``): a
+CUDA device function cannot call an ``njit`` function, so each target passes its own compiled callee.
 
 Pixels outside the box count as zero.  Coordinates are ``(x, y)`` = (column, row).
 """
 import math
+
+import numpy as np
+
+from .geometry import MIRROR, PSI, SX, SY
 
 
 def cubic_weight(t):
@@ -54,3 +63,66 @@ def bilinear(img, x, y):
                     wx = fx if di else 1.0 - fx
                     total += wx * wy * img[j, i]
     return total
+
+
+def transform_terms(params):
+    """``(cos psi, sin psi, mirror sign, sx, sy)`` of one parameter row ``(psi, sx, sy, mirror)``.
+
+    Host side only (CPU ``njit``): the CUDA backend computes these on the host and ships them to the
+    device, since the device's ``cos``/``sin`` need not round as the host's do and the class sums must
+    be bit-identical between the backends.
+    """
+    a = np.deg2rad(params[PSI])
+    return np.cos(a), np.sin(a), -1.0 if params[MIRROR] > 0.5 else 1.0, params[SX], params[SY]
+
+
+def mover(sample):
+    """A pixel pull calling ``sample`` (the target's compiled cubic sampler).
+
+    ``moved(img, terms, ox, oy)`` is output pixel ``(ox, oy)`` of the ``(n, n)`` image ``img``
+    transformed by ``terms`` (:func:`transform_terms`, a tuple or a length-5 array): the output pixel
+    pulls from its inverse image, mirrored, shifted and rotated about the center ``n // 2``.
+    """
+    def moved(img, terms, ox, oy):
+        center = img.shape[0] // 2
+        uy = oy - center - terms[4]
+        ux = terms[2] * (ox - center) - terms[3]
+        return sample(img, terms[0] * ux - terms[1] * uy + center, terms[1] * ux + terms[0] * uy + center)
+    return moved
+
+
+def real_sample(row, i, part):
+    """Sample ``i`` of a real correlation row (``part`` unused: the CPU keeps one row per correlation)."""
+    return row[i]
+
+
+def packed_sample(buf, i, mirrored):
+    """Sample ``i`` of the GPU's packed correlation ``Q + iM``: the mirrored ``M`` (imag) or straight ``Q``."""
+    z = buf[i]
+    return z.imag if mirrored else z.real
+
+
+def peak_refiner(value):
+    """A 7-point peak refinement reading correlation samples through ``value`` (:func:`real_sample`
+    on the CPU, :func:`packed_sample` on the GPU).
+
+    ``parabola(row, j, part)`` is the sub-sample offset, within +-1, of the peak at sample ``j`` of the
+    circular correlation ``row``: the vertex of the least-squares parabola through samples
+    ``j - 3 .. j + 3`` (0 when that parabola does not open downwards).  ``part`` is passed to ``value``.
+    """
+    def parabola(row, j, part):
+        length = row.shape[0]
+        slope = 0.0
+        curve = 0.0
+        for u in range(-3, 4):
+            v = value(row, (j + u) % length, part)
+            slope += u * v
+            curve += (u * u - 4) * v
+        if curve < 0.0:
+            offset = -(slope / 28.0) / (2.0 * curve / 84.0)
+            # min(1, max(-1, offset)) written out (NaN -> -1 alike): numba 0.68's CUDA target
+            # cannot compile the built-in float min/max
+            offset = offset if offset > -1.0 else -1.0
+            return offset if offset < 1.0 else 1.0
+        return 0.0
+    return parabola

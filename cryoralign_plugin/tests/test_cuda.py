@@ -49,9 +49,9 @@ def rings_of(backend, data):
 def simulate(path):
     """Child process: every GPU kernel on the shared inputs, results saved to ``path``."""
     from numba import cuda as numba_cuda
-    from cryoralign_plugin.engine.backends import cuda
+    from cryoralign_plugin.engine.backends import cuda, cuda_config, cuda_kernels
     from cryoralign_plugin.engine.errors import InputError
-    assert cuda.SIMULATOR and cuda.available()
+    assert cuda_config.SIMULATOR and cuda.available()
     data, out, times = inputs(), {}, {}
     grid = data["grid"]
 
@@ -60,6 +60,12 @@ def simulate(path):
         value = fn(*args)
         times[name] = time.perf_counter() - start
         return value
+
+    def transform(parts, params):  # the device's pixel pull alone, as images.transform does it
+        d_out = numba_cuda.device_array(parts.shape, np.float32)
+        cuda_kernels.transform_kernel[cuda.blocks(d_out.size), cuda_config.THREADS](
+            numba_cuda.to_device(parts), numba_cuda.to_device(cuda.transform_terms(params)), d_out)
+        return d_out.copy_to_host()
 
     gpu = cuda.CudaBackend(gpu=[0], rank=3, batch_size=3)  # batches of 3 and 1 over 4 particles
     out["polar"] = timed("polar", gpu.polar, data["parts"], np.arange(6), BOX // 2 + data["offsets"], grid)
@@ -74,7 +80,10 @@ def simulate(path):
     straight = gpu.prepare_references(refs, grid, False)
     out["search_global"] = np.array([a.astype(np.float64) for a in
                                      timed("search_global", gpu.search, parts[:2], straight, grid)])
-    out["transform"] = timed("transform", gpu.transform, data["parts"], data["params"])
+    threads, cuda_config.THREADS = cuda_config.THREADS, 4  # a patched block size gets kernels of its own
+    out["search_threads"] = np.array([a.astype(np.float64) for a in gpu.search(parts[:2], straight, grid)])
+    cuda_config.THREADS = threads
+    out["transform"] = timed("transform", transform, data["parts"], data["params"])
     out["class_sums"] = timed("class_sums", gpu.class_sums, data["parts"], data["params"], data["members"],
                               data["parity"], 2)
     result = timed("mra", mra, data, "cuda")
@@ -144,7 +153,7 @@ def test_polar_matches_cpu(sim, data):
 
 @pytest.mark.cudasim
 def test_ring_spectra_match_scipy(sim, cpu_rings, data):
-    from cryoralign_plugin.engine.backends.cuda import compact
+    from cryoralign_plugin.engine.backends.cuda_layout import compact
     expected = compact(ring_ops.ring_spectra(cpu_rings[0], data["grid"], weighted=True))
     np.testing.assert_allclose(sim["spectra"], expected, atol=1e-5)
 
@@ -158,6 +167,11 @@ def test_fused_search_matches_cpu_exhaustive_search(sim, cpu_rings, data):
 @pytest.mark.cudasim
 def test_search_from_global_memory_without_mirror(sim, cpu_rings, data):
     assert_same_search(sim["search_global"], cpu_search(cpu_rings[0][:2], cpu_rings[1], data["grid"], False))
+
+
+@pytest.mark.cudasim
+def test_search_with_a_patched_block_size(sim, cpu_rings, data):
+    assert_same_search(sim["search_threads"], cpu_search(cpu_rings[0][:2], cpu_rings[1], data["grid"], False))
 
 
 @pytest.mark.cudasim
@@ -189,7 +203,8 @@ def test_device_selection_and_description(sim):
 
 
 def test_largest_batch_fits_the_budget():
-    from cryoralign_plugin.engine.backends.cuda import ALIGNMENT, largest_batch
+    from cryoralign_plugin.engine.backends.cuda_config import ALIGNMENT
+    from cryoralign_plugin.engine.backends.cuda_layout import largest_batch
     assert largest_batch(10 * ALIGNMENT, 0, [ALIGNMENT], 100) == 10
     assert largest_batch(10 * ALIGNMENT, 4 * ALIGNMENT, [ALIGNMENT, 1], 100) == 5  # tiny items round up
     assert largest_batch(float("inf"), 0, [ALIGNMENT], 7) == 7
@@ -197,7 +212,7 @@ def test_largest_batch_fits_the_budget():
 
 
 def test_layout_weights_and_bit_reversal():
-    from cryoralign_plugin.engine.backends.cuda import layout
+    from cryoralign_plugin.engine.backends.cuda_layout import layout
     grid = geometry.polar_grid(RADIUS)
     tables = layout(grid)
     assert tables.size == int((grid.lengths // 2 + 1).sum())

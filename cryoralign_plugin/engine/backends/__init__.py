@@ -1,4 +1,5 @@
-"""Backends behind one interface: ``polar``, ``prepare_references``, ``search``, ``class_sums``."""
+"""Backends behind one interface, :class:`.base.Backend`: ``polar``, ``prepare_references``, ``search``,
+``class_sums``; :func:`get_backend` picks one."""
 from ..errors import InputError
 
 
@@ -16,7 +17,7 @@ def get_backend(name="auto", threads=None, gpu=None, rank=0, exhaustive=False):
         except ImportError:
             cuda = None
         if cuda is not None and cuda.available():
-            return cuda.CudaBackend(gpu=gpu, rank=rank, threads=threads)
+            return cuda.CudaBackend(gpu=gpu, rank=rank)
         if name == "cuda":
             raise InputError("the CUDA backend was requested but no usable NVIDIA GPU/driver was found: "
                              "install the 'gpu' extra (pip install scipion-em-cryoralign[gpu]) on a GPU "

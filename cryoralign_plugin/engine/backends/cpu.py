@@ -24,19 +24,22 @@ from .. import images as imgops
 from .. import interpolation
 from .. import rings as ring_ops
 from ..settings import SCREEN_FREQUENCIES
+from . import base
 
 BLOCK_BYTES = 48 * 2 ** 20  # working memory per worker thread
 
 
 _bilinear = njit(cache=True, inline="always")(interpolation.bilinear)
+_parabola = njit(cache=True, inline="always")(
+    interpolation.peak_refiner(njit(cache=True, inline="always")(interpolation.real_sample)))
 
 
 @njit(cache=True, parallel=True)
-def _polar(images, index, centres, dx, dy, out):
+def _polar(images, index, centers, dx, dy, out):
     for i in prange(out.shape[0]):
         img = images[index[i]]
-        cx = centres[i, 0]
-        cy = centres[i, 1]
+        cx = centers[i, 0]
+        cy = centers[i, 1]
         for t in range(dx.shape[0]):
             out[i, t] = _bilinear(img, cx + dx[t], cy + dy[t])
 
@@ -54,11 +57,12 @@ def _assemble(products, n_shifts, mirror, out):
 
 
 @njit(cache=True, nogil=True)
-def _peaks(ccf, k, score, shift, flip, angle):
+def _peaks(ccf, k, score, shift, mirror, angle):
     """Best (shift, mirror, angle) of each particle against reference ``k``, from ``(P, S, 1|2, L)``.
 
     Ties go to the first in scan order: lower shift index, straight before mirror, lower angle.
-    The angle is refined with a least-squares parabola through the 7 samples around the peak.
+    The angle is refined with the least-squares parabola through the 7 samples around the peak
+    (``interpolation.peak_refiner``, the GPU's too).
     """
     n_shifts, n_mirror, length = ccf.shape[1], ccf.shape[2], ccf.shape[3]
     for p in range(ccf.shape[0]):
@@ -75,20 +79,10 @@ def _peaks(ccf, k, score, shift, flip, angle):
                         bs = s
                         bm = m
                         bj = j
-        row = ccf[p, bs, bm]
-        slope = 0.0
-        curve = 0.0
-        for u in range(-3, 4):
-            v = row[(bj + u) % length]
-            slope += u * v
-            curve += (u * u - 4) * v
-        offset = 0.0
-        if curve < 0.0:
-            offset = min(1.0, max(-1.0, -(slope / 28.0) / (2.0 * curve / 84.0)))
         score[p, k] = best
         shift[p, k] = bs
-        flip[p, k] = bm
-        angle[p, k] = bj + offset
+        mirror[p, k] = bm
+        angle[p, k] = bj + _parabola(ccf[p, bs, bm], bj, 0)
 
 
 @njit(cache=True, nogil=True)
@@ -144,14 +138,14 @@ def _fine_spectra(particles, reference, limits, chosen, n_mirror, out):
 
 
 @njit(cache=True, nogil=True)
-def _fine_peaks(ccf, chosen, n_mirror, k, score, shift, flip, angle):
+def _fine_peaks(ccf, chosen, n_mirror, k, score, shift, mirror, angle):
     """Like :func:`_peaks` over the chosen pairs only (``ccf`` ``(P, keep, L)``)."""
     reshaped = ccf.reshape(ccf.shape[0], ccf.shape[1], 1, ccf.shape[2])
-    _peaks(reshaped, k, score, shift, flip, angle)
+    _peaks(reshaped, k, score, shift, mirror, angle)
     for p in range(ccf.shape[0]):
         pair = chosen[p, shift[p, k]]
         shift[p, k] = pair // n_mirror
-        flip[p, k] = pair % n_mirror
+        mirror[p, k] = pair % n_mirror
 
 
 @dataclass
@@ -162,26 +156,18 @@ class _Band:
 
 
 @dataclass
-class PreparedReferences:
+class PreparedReferences(base.PreparedReferences):
     """Reference spectra arranged as matrix-product operands, built once per iteration.
 
     ``bands`` cover the screening frequencies; ``dense`` ``(K, S, R, F)`` holds the full weighted
     spectra for the fine stage (None when the search is exhaustive).
     """
-    n_refs: int
-    n_shifts: int
-    mirror: bool
     bands: list
     dense: object
     screen_length: int
 
-    @property
-    def n_mirror(self):
-        """Correlations per (reference, shift): straight, and mirrored when searched."""
-        return 2 if self.mirror else 1
 
-
-class CpuBackend:
+class CpuBackend(base.Backend):
     """The default backend; ``threads`` workers each run a block of particles end to end."""
     name = "cpu"
 
@@ -191,12 +177,12 @@ class CpuBackend:
         self.keep = keep
 
     # --- resampling -------------------------------------------------------
-    def polar(self, images, index, centres, grid):
-        """Rings ``(len(index), T)`` of ``images[index]`` resampled around absolute ``centres``."""
+    def polar(self, images, index, centers, grid):
+        """Rings ``(len(index), T)`` of ``images[index]`` resampled around absolute ``centers``."""
         dx, dy = ring_ops.ring_offsets(grid)
         out = np.empty((len(index), grid.total), dtype=np.float32)
         _polar(np.ascontiguousarray(images, dtype=np.float32), np.ascontiguousarray(index, dtype=np.int64),
-               np.ascontiguousarray(centres, dtype=np.float64), dx, dy, out)
+               np.ascontiguousarray(centers, dtype=np.float64), dx, dy, out)
         return out
 
     # --- search -----------------------------------------------------------
@@ -228,7 +214,7 @@ class CpuBackend:
         count = len(rings)
         score = np.empty((count, refs.n_refs), np.float32)
         shift = np.empty((count, refs.n_refs), np.int32)
-        flip = np.empty((count, refs.n_refs), np.int8)
+        mirror = np.empty((count, refs.n_refs), np.int8)
         angle = np.empty((count, refs.n_refs), np.float32)
         block = self._block_size(refs, grid)
         starts = range(0, count, block)
@@ -239,7 +225,7 @@ class CpuBackend:
             operands = self._particle_operands(spectra, refs, grid)
             if refs.dense is None:
                 for k in range(refs.n_refs):
-                    _peaks(self._correlate(operands, k, refs), k, score[sl], shift[sl], flip[sl], angle[sl])
+                    _peaks(self._correlate(operands, k, refs), k, score[sl], shift[sl], mirror[sl], angle[sl])
                 return
             particles = ring_ops.dense(spectra, grid)
             keep = min(self.keep, refs.n_shifts * refs.n_mirror)
@@ -249,7 +235,7 @@ class CpuBackend:
                 _screen(self._correlate(operands, k, refs), keep, chosen)
                 _fine_spectra(particles, refs.dense[k], grid.lengths // 2, chosen, refs.n_mirror, fine)
                 ccf = scipy.fft.irfft(fine, n=grid.maxrin, axis=-1, workers=1)
-                _fine_peaks(ccf, chosen, refs.n_mirror, k, score[sl], shift[sl], flip[sl], angle[sl])
+                _fine_peaks(ccf, chosen, refs.n_mirror, k, score[sl], shift[sl], mirror[sl], angle[sl])
 
         with threadpool_limits(1, user_api="blas"):
             if self.threads == 1 or len(starts) == 1:
@@ -258,7 +244,7 @@ class CpuBackend:
             else:
                 with ThreadPoolExecutor(self.threads) as pool:
                     list(pool.map(run, starts))
-        return score, shift, flip, angle
+        return score, shift, mirror, angle
 
     @staticmethod
     def _block_size(refs, grid):
@@ -289,9 +275,6 @@ class CpuBackend:
         return scipy.fft.irfft(spectrum, n=refs.screen_length, axis=-1, workers=1)
 
     # --- averages ---------------------------------------------------------
-    def transform(self, images, params):
-        return imgops.transform(images, params)
-
     def class_sums(self, images, params, classes, parity, n_classes):
         return imgops.class_sums(images, params, classes, parity, n_classes, self.threads)
 
