@@ -138,10 +138,10 @@ def cpu_search(parts, refs, grid, mirror):
 
 
 def assert_same_search(found, expected):
-    score, shift, flip, angle = found
+    score, shift, mirror, angle = found
     np.testing.assert_allclose(score, expected[0], atol=1e-5)
     np.testing.assert_array_equal(shift, expected[1])
-    np.testing.assert_array_equal(flip, expected[2])
+    np.testing.assert_array_equal(mirror, expected[2])
     np.testing.assert_allclose(angle, expected[3], atol=1e-3)
 
 
