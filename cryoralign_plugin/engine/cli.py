@@ -104,7 +104,7 @@ def run(args, comm):
     from .mrc import read_stack
     from .sources import StarSource
     settings = settings_from(args)
-    source = StarSource.from_star(args.particles)
+    source = StarSource.from_star(args.particles, use_prior=args.use_prior)
     if args.pixel_size is not None:
         if args.pixel_size <= 0:
             raise InputError("the pixel size must be > 0 A/px (got %g): leave --pixel-size out to use the "

@@ -14,6 +14,9 @@ Conventions
 * Prior alignment is an ``(N, 4)`` float64 array ``[psi_deg, sx, sy, mirror]`` with the values of
   ``rlnAnglePsi``, ``rlnOriginX``, ``rlnOriginY`` (pixels) and ``rlnIsFlip`` as they are in the
   STAR file (no sign change; ``rlnOriginXAngst``/``rlnOriginYAngst`` are divided by the pixel size).
+  Its columns are read with the table but checked (finite, mirror 0 or 1, shift inside the box) only
+  when the prior is asked for (:meth:`PriorColumns.alignment`): a run that does not use the prior
+  does not fail on it.
 * The pixel size is ``rlnImagePixelSize``/``rlnPixelSize`` of the particle table, else
   ``rlnImagePixelSize`` of ``data_optics`` (of the optics groups in use); None if neither has one.
 """
@@ -24,9 +27,61 @@ from typing import Optional
 import numpy as np
 
 from .errors import InputError
+from .geometry import MIRROR, PSI, SX, SY
 from .star import read_table, scan_star
 
-__all__ = ["ParticleTable", "read_particle_table"]
+__all__ = ["ParticleTable", "PriorColumns", "read_particle_table"]
+
+#: Where each column of the prior alignment comes from: the first of its STAR columns present.
+_PRIOR_COLUMNS = ((PSI, ("rlnAnglePsi",)), (SX, ("rlnOriginX", "rlnOriginXAngst")),
+                  (SY, ("rlnOriginY", "rlnOriginYAngst")), (MIRROR, ("rlnIsFlip",)))
+_NOT_USED = "or run without --use-prior"
+
+
+@dataclass
+class PriorColumns:
+    """The prior alignment's columns as read from the STAR file, checked only by :meth:`alignment`.
+
+    ``columns`` maps a column of ``[psi, sx, sy, mirror]`` to the STAR column it comes from; ``values``
+    maps that STAR column to its float64 values (NaN where the text is not a number) and ``text`` to
+    ``(row, text)`` of its first value that is not a number.
+    """
+    star_path: str
+    count: int
+    columns: dict
+    values: dict
+    text: dict
+
+    def alignment(self, box, pixel_size):
+        """The checked ``(N, 4)`` prior ``[psi_deg, sx, sy, mirror]`` (shifts in pixels) of particles in a
+        ``box``-pixel box; InputError naming the row, the value and the fix."""
+        prior = np.zeros((self.count, 4), dtype=np.float64)
+        for j, col in sorted(self.columns.items()):
+            v = self.values[col]
+            if col in self.text:
+                row, text = self.text[col]
+                raise InputError("row %d of %s: %s value %r is not a number: fix the column %s"
+                                 % (row + 1, self.star_path, col, text, _NOT_USED))
+            bad = np.flatnonzero(~np.isfinite(v))
+            if bad.size:
+                raise InputError("row %d of %s: %s is %s: give a finite number %s"
+                                 % (bad[0] + 1, self.star_path, col, v[bad[0]], _NOT_USED))
+            if col.endswith("Angst"):
+                if pixel_size is None:
+                    raise InputError("%s: %s is in Angstrom but no pixel size is given: add rlnImagePixelSize "
+                                     "(data_optics), use rlnOriginX/Y in pixels %s" % (self.star_path, col, _NOT_USED))
+                v = v / pixel_size
+            prior[:, j] = v
+        bad = np.flatnonzero(~np.isin(prior[:, MIRROR], (0.0, 1.0)))
+        if bad.size:
+            raise InputError("row %d of %s: rlnIsFlip is %g: it must be 0 or 1 (fix it %s)"
+                             % (bad[0] + 1, self.star_path, prior[bad[0], MIRROR], _NOT_USED))
+        bad = np.flatnonzero(np.hypot(prior[:, SX], prior[:, SY]) > box / 2)
+        if bad.size:
+            i = bad[0]
+            raise InputError("row %d of %s: prior shift (%g, %g) px is outside the %d px box: fix the STAR %s"
+                             % (i + 1, self.star_path, prior[i, SX], prior[i, SY], box, _NOT_USED))
+        return prior
 
 
 @dataclass
@@ -47,7 +102,7 @@ class ParticleTable:
     numbered: np.ndarray
     tried: list
     pixel_size: Optional[float]
-    prior: Optional[np.ndarray]
+    prior: Optional[PriorColumns]
 
 
 def read_particle_table(path):
@@ -59,7 +114,7 @@ def read_particle_table(path):
     names = [str(r.rlnImageName) for r in table]
     stack_paths, stack_of, local, numbered, tried = _image_locations(names, star_path)
     pixel_size = _star_pixel_size(star_path, blocks, table)
-    prior = _star_prior(star_path, table, pixel_size)
+    prior = _prior_columns(star_path, table)
     return ParticleTable(star_path, ids, names, stack_paths, stack_of, local, numbered, tried, pixel_size,
                          prior)
 
@@ -234,32 +289,32 @@ def _star_pixel_size(star_path, blocks, table):
     return float(values[0])
 
 
-def _star_prior(star_path, table, pixel_size):
-    """The prior alignment ``(N, 4)`` (see the module doc); None if the table has none of its columns."""
-    cols = {
-        0: ["rlnAnglePsi"],
-        1: ["rlnOriginX", "rlnOriginXAngst"],
-        2: ["rlnOriginY", "rlnOriginYAngst"],
-        3: ["rlnIsFlip"],
-    }
-    if not any(table.hasColumn(c) for cs in cols.values() for c in cs):
-        return None
-    prior = np.zeros((len(table), 4), dtype=np.float64)
-    for j, cs in cols.items():
-        for c in cs:
-            if table.hasColumn(c):
-                v = _float_column(table, c, star_path, "prior alignment")
-                if c.endswith("Angst"):
-                    if pixel_size is None:
-                        raise InputError("%s: %s is in Angstrom but no pixel size is given; add "
-                                         "rlnImagePixelSize (data_optics) or use rlnOriginX/Y in pixels"
-                                         % (star_path, c))
-                    v = v / pixel_size
-                prior[:, j] = v
-                break
-    mirror = prior[:, 3]
-    bad = ~np.isin(mirror, (0.0, 1.0))
-    if np.any(bad):
-        i = int(np.flatnonzero(bad)[0])
-        raise InputError("row %d of %s: rlnIsFlip is %g; it must be 0 or 1" % (i + 1, star_path, mirror[i]))
-    return prior
+def _lenient_floats(table, col):
+    """``(values, first)``: the column as float64, NaN where a value is not a number, and ``(row, text)``
+    of the first such value (None if every value is a number)."""
+    texts = table.getColumnValues(col)
+    try:
+        return np.array(texts, dtype=np.float64), None
+    except ValueError:
+        pass
+    out = np.full(len(texts), np.nan)
+    first = None
+    for i, t in enumerate(texts):
+        try:
+            out[i] = float(t)
+        except ValueError:
+            first = first or (i, t)
+    return out, first
+
+
+def _prior_columns(star_path, table):
+    """The prior alignment's columns, not checked (see :class:`PriorColumns`); None if there is none."""
+    columns, values, text = {}, {}, {}
+    for j, cs in _PRIOR_COLUMNS:
+        col = next((c for c in cs if table.hasColumn(c)), None)
+        if col is not None:
+            columns[j] = col
+            values[col], first = _lenient_floats(table, col)
+            if first is not None:
+                text[col] = first
+    return PriorColumns(star_path, len(table), columns, values, text) if columns else None

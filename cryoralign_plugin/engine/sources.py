@@ -36,8 +36,13 @@ class ParticleSource(abc.ABC):
         self.box = int(box)
         self.ids = np.asarray(ids, dtype=np.int64)
         self.names = list(names)
-        self.prior = None if prior is None else np.asarray(prior, dtype=np.float64)
+        self._prior = None if prior is None else np.asarray(prior, dtype=np.float64)
         self.pixel_size = None if pixel_size is None else float(pixel_size)
+
+    @property
+    def prior(self):
+        """The input's alignment ``(N, 4)`` ``[psi_deg, sx, sy, mirror]``, or None without one."""
+        return self._prior
 
     def read(self, indices, check_finite=True):
         """Images at 0-based particle positions ``indices`` (any order) as float32 (len, box, box).
@@ -130,13 +135,17 @@ class StarSource(ParticleSource):
 
     Extra attributes: ``stack_paths`` (resolved stack files) and ``star_path``.  Every stack is
     checked once when the source is made; without a pixel size in the STAR file, the stacks' headers
-    give it if they agree.  Instances pickle without their open files.
+    give it if they agree.  The prior alignment is checked when it is first asked for (``prior``), or
+    when the source is made with ``use_prior``, so that a bad prior stops only the runs that use it.
+    Instances pickle without their open files.
     """
 
-    def __init__(self, table):
-        """From a :class:`~.particle_table.ParticleTable`; InputError for a missing, short or non-square stack."""
-        super().__init__(count=len(table.names), box=0, ids=table.ids, names=table.names, prior=table.prior,
+    def __init__(self, table, use_prior=False):
+        """From a :class:`~.particle_table.ParticleTable`; InputError for a missing, short or non-square
+        stack, and with ``use_prior`` for a prior alignment that cannot be used."""
+        super().__init__(count=len(table.names), box=0, ids=table.ids, names=table.names,
                          pixel_size=table.pixel_size)
+        self._prior_columns = table.prior
         self.stack_paths = list(table.stack_paths)
         self.star_path = table.star_path
         self._stack_of = table.stack_of
@@ -146,11 +155,23 @@ class StarSource(ParticleSource):
         self.box, header_sizes = self._check_stacks(table.tried)
         if self.pixel_size is None and len(header_sizes) == 1:
             self.pixel_size = float(header_sizes.pop())
+        if use_prior:
+            self.prior    # checked now: a run that uses the prior fails before it starts
 
     @classmethod
-    def from_star(cls, path):
-        """Read the particle list of a STAR file and validate every stack it references (see module doc)."""
-        return cls(read_particle_table(path))
+    def from_star(cls, path, use_prior=False):
+        """Read the particle list of a STAR file and validate every stack it references (see module doc);
+        ``use_prior`` checks the prior alignment too (else it is checked when first asked for)."""
+        return cls(read_particle_table(path), use_prior=use_prior)
+
+    @property
+    def prior(self):
+        """The STAR file's prior alignment, checked on first use (InputError naming the row); None
+        without prior columns."""
+        if self._prior_columns is not None:
+            self._prior = self._prior_columns.alignment(self.box, self.pixel_size)
+            self._prior_columns = None
+        return self._prior
 
     def _check_stacks(self, tried):
         """Open every stack once: the common square box, and the set of header pixel sizes."""

@@ -188,14 +188,56 @@ def test_from_star_bad_columns(tmp_path):
         StarSource.from_star(dup)
     flip = star_file(tmp_path / "flip.star", ["1@a.mrcs"], extra={"rlnIsFlip": [2]})
     with pytest.raises(InputError, match="0 or 1"):
-        StarSource.from_star(flip)
+        StarSource.from_star(flip, use_prior=True)
     psi = star_file(tmp_path / "psi.star", ["1@a.mrcs"], extra={"rlnAnglePsi": ["abc"]})
     with pytest.raises(InputError, match="not a number"):
-        StarSource.from_star(psi)
+        StarSource.from_star(psi, use_prior=True)
+    for unused in (flip, psi):          # a prior that is not used is not checked
+        assert StarSource.from_star(unused).count == 1
     two = tmp_path / "two.star"
     two.write_text("data_foo\nloop_\n_rlnImageName\n1@a.mrcs\n\ndata_bar\nloop_\n_rlnImageName\n1@a.mrcs\n")
     with pytest.raises(InputError, match="no data_particles table"):
         StarSource.from_star(two)
+
+
+def test_prior_is_checked_only_when_used(tmp_path):
+    """NaN/inf in the prior columns do not matter to a run that does not use the prior."""
+    a = random_images(3)
+    mrc_file(tmp_path / "a.mrcs", a)
+    star = star_file(tmp_path / "in.star", ["1@a.mrcs", "2@a.mrcs", "3@a.mrcs"],
+                     extra={"rlnAnglePsi": [10, "nan", 30], "rlnOriginX": [0, 1, "inf"], "rlnOriginY": [0, 0, 0]})
+    ps = StarSource.from_star(star)
+    np.testing.assert_array_equal(ps.read([0, 1, 2]), a)
+    assert StarSource.from_star(star, use_prior=False).count == 3
+    with pytest.raises(InputError, match=r"row 2 of .*in\.star: rlnAnglePsi is nan.*--use-prior") as e:
+        StarSource.from_star(star, use_prior=True)
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match=r"row 2 of .*rlnAnglePsi is nan"):   # asked for later: checked then
+        ps.prior
+
+
+def test_prior_shift_outside_the_box(tmp_path):
+    mrc_file(tmp_path / "a.mrcs", random_images(3, 8))
+    names = ["1@a.mrcs", "2@a.mrcs", "3@a.mrcs"]
+    inside = star_file(tmp_path / "in.star", names, extra={"rlnOriginX": [3.5, 0, -4], "rlnOriginY": [0, 2, 0]})
+    np.testing.assert_allclose(StarSource.from_star(inside, use_prior=True).prior[:, 1:3],
+                               [[3.5, 0], [0, 2], [-4, 0]])
+    for x, y, shown in ((0, -4.5, r"\(0, -4\.5\)"), (3, 3, r"\(3, 3\)")):   # |(3, 3)| = 4.24 > 8 / 2
+        star = star_file(tmp_path / "out.star", names, extra={"rlnOriginX": [0, x, 1], "rlnOriginY": [0, y, 1]})
+        with pytest.raises(InputError, match=r"row 2 of .*out\.star: prior shift %s px is outside the 8 px box: "
+                                             r"fix the STAR or run without --use-prior" % shown):
+            StarSource.from_star(star, use_prior=True)
+        assert StarSource.from_star(star).count == 3        # not used: not checked
+    angst = star_file(tmp_path / "angst.star", names, extra={"rlnOriginXAngst": [0, 10, 0],
+                                                             "rlnOriginYAngst": [0, 0, 0],
+                                                             "rlnImagePixelSize": [2, 2, 2]})
+    with pytest.raises(InputError, match=r"row 2 .*prior shift \(5, 0\) px is outside the 8 px box"):
+        StarSource.from_star(angst, use_prior=True)
+
+
+def test_from_star_folder(tmp_path):
+    with pytest.raises(InputError, match=r"is a folder: give the path of the STAR file"):
+        StarSource.from_star(tmp_path)
 
 
 def test_from_star_different_pixel_sizes(tmp_path):
