@@ -267,7 +267,7 @@ def phantom_pairs(n_views, box, seed=0, min_similarity=0.95):
 # ---------------------------------------------------------------------------------------------
 # A continuum of projection directions
 
-POLE = np.array([0.0, 0.0, 1.0])    # the continuous sets are centred on the phantom's z axis
+POLE = np.array([0.0, 0.0, 1.0])    # the continuous sets are centered on the phantom's z axis
 
 
 def _transported_bases(directions):
@@ -289,7 +289,7 @@ def _transported_bases(directions):
 def continuous_directions(n, rng, mode="arc", extent=90.0):
     """``n`` unit vectors ``(n, 3)`` spread continuously around ``POLE``.
 
-    ``mode="arc"``: uniform along a great-circle arc of ``extent`` degrees centred on the pole (a
+    ``mode="arc"``: uniform along a great-circle arc of ``extent`` degrees centered on the pole (a
     tilt about the x axis, angle uniform in +-extent/2).  ``mode="cap"``: uniform over the sphere
     cap of half-angle ``extent`` degrees.  Keep ``extent`` <= 180 (arc) / 90 (cap): a projection
     along -d is the mirror image of the one along d, so a wider range folds back onto itself for
