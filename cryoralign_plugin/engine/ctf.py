@@ -28,29 +28,56 @@ def wavelength(voltage_kv):
     return 12.2643247 / np.sqrt(volts * (1.0 + 0.978466e-6 * volts))
 
 
+_DEFOCUS_FIX = ("defocus must be a non-negative number of A (positive = underfocus): "
+                "re-estimate the CTF or drop the particle")
+
+#: What a usable value is, per parameter (``CtfParams`` fields and ``pixel_size``), and the fix.  NaN
+#: fails every rule (it fails every comparison), and so does +-inf.
+_RULES = {
+    "defocus_u": (lambda v: np.isfinite(v) & (v >= 0), _DEFOCUS_FIX),
+    "defocus_v": (lambda v: np.isfinite(v) & (v >= 0), _DEFOCUS_FIX),
+    "defocus_angle": (np.isfinite, "give the astigmatism angle in degrees from the x axis (0 if there is none)"),
+    "voltage": (lambda v: np.isfinite(v) & (v > 0), "give the acceleration voltage in kV (> 0, e.g. 300)"),
+    "cs": (lambda v: np.isfinite(v) & (v >= 0), "give the spherical aberration in mm (>= 0, e.g. 2.7)"),
+    "amplitude_contrast": (lambda v: (v >= 0) & (v < 1),
+                           "give the amplitude contrast as a fraction in [0, 1) (e.g. 0.1), not a percentage"),
+    "phase_shift": (np.isfinite, "give the phase shift in degrees (0 without a phase plate)"),
+    "bfactor": (np.isfinite, "give the CTF B-factor in A^2 (usually 0)"),
+    "pixel_size": (lambda v: np.isfinite(v) & (v > 0), "give the pixel size in A (> 0)"),
+}
+
+
+def check_ctf_values(values, names=None, where=None):
+    """Raise InputError naming the first unusable CTF value (the one validator of this module's users).
+
+    ``values`` maps parameter names (``CtfParams`` fields, ``pixel_size``) to 1-D arrays; only those
+    given are checked, in the order of :data:`_RULES`.  ``names`` maps a parameter to the name the
+    message uses (e.g. its STAR column); ``where(i)`` says where value ``i`` comes from (e.g. "row 3
+    of particles.star"), else the message names "particle i" when an array holds several values.
+    """
+    names = names or {}
+    for field, (rule, fix) in _RULES.items():
+        if field not in values:
+            continue
+        v = np.atleast_1d(np.asarray(values[field], dtype=np.float64)).ravel()
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~rule(v))
+        if bad.size:
+            i, name = int(bad[0]), names.get(field, field)
+            if where is not None:
+                raise InputError("%s: %s = %r: %s" % (where(i), name, float(v[i]), fix))
+            raise InputError("%s = %r%s: %s" % (name, float(v[i]), " (particle %d)" % i if v.size > 1 else "", fix))
+
+
+_FIELDS = ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast", "phase_shift",
+           "bfactor")
+
+
 def _validate(defocus_u, defocus_v, defocus_angle, voltage, cs, amplitude_contrast, phase_shift, bfactor):
     """Raise InputError naming the first unusable value; arguments are equal-shape 1-D arrays, so the
     particle index is named when there are several."""
-    defocus_fix = ("defocus must be a non-negative number of A (positive = underfocus): "
-                   "re-estimate the CTF or drop the particle")
-    rules = (
-        ("defocus_u", defocus_u, defocus_u >= 0, defocus_fix),
-        ("defocus_v", defocus_v, defocus_v >= 0, defocus_fix),
-        ("defocus_angle", defocus_angle, np.isfinite(defocus_angle),
-         "give the astigmatism angle in degrees from the x axis (0 if there is none)"),
-        ("voltage", voltage, voltage > 0, "give the acceleration voltage in kV (> 0, e.g. 300)"),
-        ("cs", cs, cs >= 0, "give the spherical aberration in mm (>= 0, e.g. 2.7)"),
-        ("amplitude_contrast", amplitude_contrast, (amplitude_contrast >= 0) & (amplitude_contrast < 1),
-         "give the amplitude contrast as a fraction in [0, 1) (e.g. 0.1), not a percentage"),
-        ("phase_shift", phase_shift, np.isfinite(phase_shift),
-         "give the phase shift in degrees (0 without a phase plate)"),
-        ("bfactor", bfactor, np.isfinite(bfactor), "give the CTF B-factor in A^2 (usually 0)"),
-    )
-    for name, values, ok, fix in rules:
-        bad = np.flatnonzero(~ok)   # NaN fails every comparison, so it is caught here too
-        if bad.size:
-            where = " (particle %d)" % bad[0] if values.size > 1 else ""
-            raise InputError("%s = %r%s: %s" % (name, float(values[bad[0]]), where, fix))
+    check_ctf_values(dict(zip(_FIELDS, (defocus_u, defocus_v, defocus_angle, voltage, cs, amplitude_contrast,
+                                        phase_shift, bfactor))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,3 +177,91 @@ def phase_flip(images, ctfs):
     """Phase-flipped images: each spectrum times sign(CTF), so that the CTF no longer inverts contrast
     between particles of different defocus (amplitudes stay CTF-weighted)."""
     return _filter(images, np.sign(ctfs))
+
+
+@dataclasses.dataclass(eq=False)
+class CtfColumns:
+    """The CTFs of a particle set: one value per particle in each field (units of :class:`CtfParams`).
+
+    Every float field is a float64 array of N values (a scalar given is repeated N times, N being the
+    length of ``defocus_u``); ``phase_flipped`` is a bool array (True where the images were already
+    phase-flipped, RELION's ``rlnCtfDataArePhaseFlipped``); ``pixel_size`` is each particle's pixel size
+    in A (float64, N values) or None where the input gives none.  The values are checked when the
+    object is made (InputError naming the particle).
+    """
+    defocus_u: np.ndarray
+    defocus_v: np.ndarray
+    defocus_angle: np.ndarray
+    voltage: np.ndarray
+    cs: np.ndarray
+    amplitude_contrast: np.ndarray
+    phase_shift: np.ndarray = 0.0
+    bfactor: np.ndarray = 0.0
+    phase_flipped: np.ndarray = False
+    pixel_size: np.ndarray = None
+
+    def __post_init__(self):
+        n = np.size(self.defocus_u)
+        if np.ndim(self.defocus_u) != 1 or n == 0:
+            raise InputError("defocus_u must be a 1-D array of one value per particle (got shape %s)"
+                             % (np.shape(self.defocus_u),))
+
+        def column(value, dtype, name):
+            a = np.asarray(value, dtype=dtype)
+            if a.ndim > 1 or (a.ndim == 1 and a.size != n):
+                raise InputError("%s has %s values for %d particles; give one value per particle (or one "
+                                 "for all)" % (name, "x".join(map(str, a.shape)), n))
+            return np.array(np.broadcast_to(a, (n,)))
+        for f in _FIELDS:
+            setattr(self, f, column(getattr(self, f), np.float64, f))
+        self.phase_flipped = column(self.phase_flipped, bool, "phase_flipped")
+        if self.pixel_size is not None:
+            self.pixel_size = column(self.pixel_size, np.float64, "pixel_size")
+        check_ctf_values(self._values())
+
+    def _values(self):
+        values = {f: getattr(self, f) for f in _FIELDS}
+        if self.pixel_size is not None:
+            values["pixel_size"] = self.pixel_size
+        return values
+
+    def __len__(self):
+        return self.defocus_u.size
+
+    def params(self, i):
+        """Particle ``i``'s CTF as a :class:`CtfParams`."""
+        return CtfParams(*(float(getattr(self, f)[i]) for f in _FIELDS))
+
+    def select(self, indices):
+        """The CTFs of the particles at positions ``indices``, as a new CtfColumns."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        picked = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        picked = {k: (None if v is None else v[idx]) for k, v in picked.items()}
+        return CtfColumns(**picked)
+
+    def images(self, indices, box, pixel_size=None, rfft=True, intact_first_peak=False):
+        """The CTFs of the particles at positions ``indices`` on a ``box``'s Fourier grid, float32
+        ``(len, box, box//2+1)`` (``(len, box, box)`` if not ``rfft``): see :func:`ctf_images`.
+
+        ``pixel_size`` is the images' pixel size in A (e.g. the source's); None takes each particle's
+        own ``pixel_size``.  The CTF is evaluated whether or not the images are phase-flipped
+        (``phase_flipped`` says whether its sign was already applied).
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError("particle index out of range 0..%d" % (len(self) - 1))
+        kw = dict(box=box, rfft=rfft, intact_first_peak=intact_first_peak)
+        width = box // 2 + 1 if rfft else box
+        if idx.size == 0:
+            return np.empty((0, box, width), np.float32)
+        if pixel_size is not None:
+            return ctf_images(*(getattr(self, f)[idx] for f in _FIELDS), pixel_size=pixel_size, **kw)
+        if self.pixel_size is None:
+            raise InputError("the CTF needs the pixel size of the images, which the input does not give: add "
+                             "rlnImagePixelSize to the STAR file (data_optics) or give the pixel size")
+        out = np.empty((idx.size, box, width), np.float32)
+        sizes = self.pixel_size[idx]
+        for size in np.unique(sizes):               # one grid per pixel size in the batch
+            rows = np.flatnonzero(sizes == size)
+            out[rows] = ctf_images(*(getattr(self, f)[idx[rows]] for f in _FIELDS), pixel_size=float(size), **kw)
+        return out

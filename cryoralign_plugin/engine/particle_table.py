@@ -1,9 +1,9 @@
 """The particle table of a STAR file, taken apart into the columns the engine uses.
 
-:class:`~.sources.StarSource` needs each particle's id, image location, pixel size and prior
-alignment; this module reads them from the table and checks them (ids unique, indices 1-based,
-numbers finite, one pixel size), without opening a stack.  Every problem raises
-:class:`~cryoralign_plugin.engine.errors.InputError` naming the row and the fix.
+:class:`~.sources.StarSource` needs each particle's id, image location, pixel size, prior
+alignment and CTF; this module reads them from the table and checks them (ids unique, indices
+1-based, numbers finite, one pixel size, CTF values usable), without opening a stack.  Every problem
+raises :class:`~cryoralign_plugin.engine.errors.InputError` naming the row and the fix.
 
 Conventions
 -----------
@@ -17,8 +17,20 @@ Conventions
   Its columns are read with the table but checked (finite, mirror 0 or 1, shift inside the box) only
   when the prior is asked for (:meth:`PriorColumns.alignment`): a run that does not use the prior
   does not fail on it.
-* The pixel size is ``rlnImagePixelSize``/``rlnPixelSize`` of the particle table, else
-  ``rlnImagePixelSize`` of ``data_optics`` (of the optics groups in use); None if neither has one.
+* ``data_optics`` (RELION 3.1+) holds one row per optics group; a particle takes the row of its
+  ``rlnOpticsGroup`` (any row where there is one, or where all rows agree on the value asked for).
+* Each particle's pixel size is ``rlnImagePixelSize``/``rlnPixelSize`` of the particle table, else
+  ``rlnImagePixelSize`` of its optics group, else (RELION 3.0) ``1e4 * rlnDetectorPixelSize (um) /
+  rlnMagnification``.  Several optics groups may have different pixel sizes (the CTF keeps each
+  particle's); the set's one pixel size (:meth:`ParticleTable.pixel_size`) is their common value
+  (InputError if they differ), None if the file gives none.
+* The CTF (:class:`~.ctf.CtfColumns`) is read when the particle table has a CTF column:
+  ``rlnDefocusU``, ``rlnDefocusV`` (A), ``rlnDefocusAngle`` (deg), optional ``rlnPhaseShift`` (deg)
+  and ``rlnCtfBfactor`` (A^2) per particle; ``rlnVoltage`` (kV), ``rlnSphericalAberration`` (mm),
+  ``rlnAmplitudeContrast`` and ``rlnCtfDataArePhaseFlipped`` (0/1, default 0) from the particle table
+  (RELION 3.0) or the optics group (3.1).  All of them but the optional ones must be there.  The
+  microscope's columns in ``data_optics`` alone are no CTF (RELION writes them before any CTF is
+  estimated), so such particles have none.
 """
 import os
 from dataclasses import dataclass
@@ -26,6 +38,7 @@ from typing import Optional
 
 import numpy as np
 
+from .ctf import CtfColumns, check_ctf_values
 from .errors import InputError
 from .geometry import MIRROR, PSI, SX, SY
 from .star import read_table, scan_star
@@ -89,9 +102,10 @@ class ParticleTable:
     """The columns of a STAR file's particle table, as the engine uses them (stacks not opened yet).
 
     Image ``i`` is image ``local[i]`` (0-based) of stack file ``stack_paths[stack_of[i]]``; one file
-    named under two spellings is one stack.  ``numbered[i]`` is False where the name had no
-    ``index@`` (image 1 of a single-image file).  ``tried[s]`` is ``(paths looked at, first row)`` of
-    stack ``s``, for the message if it is missing.
+    named under two spellings is one stack.  ``numbered[i]`` is False where the name had no ``index@``
+    (image 1 of a single-image file).  ``tried[s]`` is ``(paths looked at, first row)`` of stack ``s``,
+    for the message if it is missing.  ``pixel_sizes`` is each particle's pixel size (A) or None,
+    ``pixel_size_column`` the column it comes from; ``ctf`` the particles' CTF or None.
     """
     star_path: str
     ids: np.ndarray
@@ -101,8 +115,23 @@ class ParticleTable:
     local: np.ndarray
     numbered: np.ndarray
     tried: list
-    pixel_size: Optional[float]
+    pixel_sizes: Optional[np.ndarray]
+    pixel_size_column: Optional[str]
     prior: Optional[PriorColumns]
+    ctf: Optional[CtfColumns]
+
+    def pixel_size(self):
+        """The particles' one pixel size (A), None if the file gives none; InputError if they differ
+        (images at different scales cannot be aligned together)."""
+        sizes = self.pixel_sizes
+        if sizes is None:
+            return None
+        lo, hi = float(sizes.min()), float(sizes.max())
+        if hi - lo > 1e-3 * hi:
+            raise InputError("%s: particles have different pixel sizes (%s from %g to %g A); rescale them to "
+                             "one pixel size before aligning them together"
+                             % (self.star_path, self.pixel_size_column, lo, hi))
+        return float(sizes[0])
 
 
 def read_particle_table(path):
@@ -113,10 +142,12 @@ def read_particle_table(path):
     ids = _image_ids(table, star_path)
     names = [str(r.rlnImageName) for r in table]
     stack_paths, stack_of, local, numbered, tried = _image_locations(names, star_path)
-    pixel_size = _star_pixel_size(star_path, blocks, table)
+    columns = _Columns(star_path, blocks, table)
+    sizes, size_column = _pixel_sizes(columns)
+    ctf = _ctf_columns(columns, sizes)
     prior = _prior_columns(star_path, table)
-    return ParticleTable(star_path, ids, names, stack_paths, stack_of, local, numbered, tried, pixel_size,
-                         prior)
+    return ParticleTable(star_path, ids, names, stack_paths, stack_of, local, numbered, tried, sizes,
+                         size_column, prior, ctf)
 
 
 def _particle_table_name(star_path, blocks):
@@ -244,49 +275,161 @@ def _merge_spellings(stack_paths, stack_tried, stack_of, local):
     return uniq_paths, remap[stack_of], local, uniq_tried
 
 
-def _float_column(table, col, star_path, what):
-    out = np.empty(len(table), dtype=np.float64)
-    for i, r in enumerate(table):
-        v = getattr(r, col)
-        try:
-            out[i] = float(v)
-        except ValueError:
-            raise InputError("row %d of %s: %s value %r is not a number; fix the %s column"
-                             % (i + 1, star_path, col, v, what)) from None
-    if not np.all(np.isfinite(out)):
-        bad = int(np.flatnonzero(~np.isfinite(out))[0])
-        raise InputError("row %d of %s: %s is %r; give a finite number" % (bad + 1, star_path, col, out[bad]))
-    return out
+class _Column:
+    """One STAR column as float64 at the level of its own table (``values``), ``where(i)`` naming its row
+    ``i``, and ``rows``: for an optics column, each particle's row of ``data_optics`` (None for a column
+    of the particle table)."""
+
+    def __init__(self, name, values, where, rows=None):
+        self.name, self.values, self.where, self.rows = name, values, where, rows
+
+    def per_particle(self):
+        return self.values if self.rows is None else self.values[self.rows]
+
+    def check(self, field):
+        """Check the values as the CTF parameter ``field`` (see :func:`~.ctf.check_ctf_values`)."""
+        check_ctf_values({field: self.values}, names={field: self.name}, where=self.where)
+        return self
 
 
-def _star_pixel_size(star_path, blocks, table):
-    """The particles' pixel size from the particle table or ``data_optics``; None if neither has one."""
-    values = None
-    col = None
-    for c in ("rlnImagePixelSize", "rlnPixelSize"):
-        if table.hasColumn(c):
-            values, col = _float_column(table, c, star_path, "pixel size"), c
-            break
-    if values is None:
-        optics = [o for name, o in blocks if name == "optics"]
-        if optics:
-            ot = read_table(star_path, optics[0], "optics", guess_type=False)
-            if ot is not None and len(ot) and ot.hasColumn("rlnImagePixelSize"):
-                values = _float_column(ot, "rlnImagePixelSize", star_path, "optics pixel size")
-                col = "rlnImagePixelSize (data_optics)"
-                if len(ot) > 1 and ot.hasColumn("rlnOpticsGroup") and table.hasColumn("rlnOpticsGroup"):
-                    used = set(str(r.rlnOpticsGroup) for r in table)
-                    values = np.array([v for r, v in zip(ot, values) if str(r.rlnOpticsGroup) in used])
-    if values is None or len(values) == 0:
+class _Columns:
+    """Columns of the particle table, else of ``data_optics`` joined through ``rlnOpticsGroup``."""
+
+    def __init__(self, star_path, blocks, table):
+        self.star_path, self.table = star_path, table
+        offsets = [o for name, o in blocks if name == "optics"]
+        optics = read_table(star_path, offsets[0], "optics", guess_type=False) if offsets else None
+        self.optics = optics if optics is not None and len(optics) else None
+        self._rows = None
+
+    def particle_row(self, i):
+        return "row %d of %s" % (i + 1, self.star_path)
+
+    def optics_row(self, i):
+        return "row %d of data_optics in %s" % (i + 1, self.star_path)
+
+    def has(self, col, optics=True):
+        return self.table.hasColumn(col) or (optics and self.optics is not None and self.optics.hasColumn(col))
+
+    def get(self, col, optics=True):
+        """The :class:`_Column` ``col`` (particle table first); None where neither table has it."""
+        if self.table.hasColumn(col):
+            return _Column(col, _floats(self.table, col, self.particle_row), self.particle_row)
+        if optics and self.optics is not None and self.optics.hasColumn(col):
+            values = _floats(self.optics, col, self.optics_row)
+            return _Column(col, values, self.optics_row, self._optics_rows(col, values))
         return None
-    lo, hi = float(values.min()), float(values.max())
-    if lo <= 0:
-        raise InputError("%s: %s has a non-positive value %g; give the pixel size in Angstrom"
-                         % (star_path, col, lo))
-    if hi - lo > 1e-3 * hi:
-        raise InputError("%s: particles have different pixel sizes (%s from %g to %g A); rescale them to "
-                         "one pixel size before aligning them together" % (star_path, col, lo, hi))
-    return float(values[0])
+
+    def _optics_rows(self, col, values):
+        """Each particle's row of data_optics, by rlnOpticsGroup (any row if they all agree on ``col``)."""
+        n = len(self.table)
+        if len(self.optics) == 1:
+            return np.zeros(n, dtype=np.int64)
+        if not (self.table.hasColumn("rlnOpticsGroup") and self.optics.hasColumn("rlnOpticsGroup")):
+            if np.all(values == values[0]):
+                return np.zeros(n, dtype=np.int64)
+            raise InputError("%s: data_optics has %d optics groups with different %s values, but the particles "
+                             "cannot be matched to them: add rlnOpticsGroup to data_particles and data_optics"
+                             % (self.star_path, len(self.optics), col))
+        if self._rows is None:
+            group_row = {}
+            for r, g in enumerate(self.optics.getColumnValues("rlnOpticsGroup")):
+                group_row.setdefault(_group_key(g), r)
+            groups = self.table.getColumnValues("rlnOpticsGroup")
+            rows = np.empty(n, dtype=np.int64)
+            for i, g in enumerate(groups):
+                r = group_row.get(_group_key(g))
+                if r is None:
+                    raise InputError("%s: rlnOpticsGroup %s is not in data_optics (groups: %s): fix the group or "
+                                     "add it to data_optics" % (self.particle_row(i), g, ", ".join(
+                                         str(k) for k in group_row)))
+                rows[i] = r
+            self._rows = rows
+        return self._rows
+
+
+def _group_key(text):
+    """An optics group as a key: ``1``, ``01`` and ``1.0`` are one group."""
+    try:
+        f = float(text)
+        return int(f) if f.is_integer() else f
+    except ValueError:
+        return str(text).strip()
+
+
+def _floats(table, col, where):
+    """The column as float64 (NaN and inf kept: the callers' checks name them); InputError at the first
+    value that is not a number."""
+    values, first = _lenient_floats(table, col)
+    if first is not None:
+        raise InputError("%s: %s value %r is not a number: fix the column" % (where(first[0]), col, first[1]))
+    return values
+
+
+def _pixel_sizes(columns):
+    """Each particle's pixel size (A) and where it comes from, or (None, None) if the file gives none.
+
+    In order: rlnImagePixelSize or rlnPixelSize of the particle table, rlnImagePixelSize of data_optics
+    (RELION 3.1), 1e4 * rlnDetectorPixelSize (um) / rlnMagnification of the particle table (RELION 3.0).
+    """
+    for col, optics in (("rlnImagePixelSize", False), ("rlnPixelSize", False), ("rlnImagePixelSize", True)):
+        c = columns.get(col, optics=optics)
+        if c is not None:
+            return c.check("pixel_size").per_particle(), col
+    if columns.has("rlnDetectorPixelSize", optics=False) and columns.has("rlnMagnification", optics=False):
+        det, mag = columns.get("rlnDetectorPixelSize", False), columns.get("rlnMagnification", False)
+        name = "1e4 * rlnDetectorPixelSize / rlnMagnification"
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sizes = 1e4 * det.values / mag.values
+        return _Column(name, sizes, columns.particle_row).check("pixel_size").values, name
+    return None, None
+
+
+#: The CTF's STAR columns and the :class:`~.ctf.CtfColumns` field each fills.
+_CTF_PARTICLE = {"rlnDefocusU": "defocus_u", "rlnDefocusV": "defocus_v", "rlnDefocusAngle": "defocus_angle",
+                 "rlnPhaseShift": "phase_shift", "rlnCtfBfactor": "bfactor"}
+_CTF_MICROSCOPE = {"rlnVoltage": "voltage", "rlnSphericalAberration": "cs", "rlnAmplitudeContrast":
+                   "amplitude_contrast"}
+_CTF_OPTIONAL = ("rlnPhaseShift", "rlnCtfBfactor")
+
+
+def _ctf_columns(columns, pixel_sizes):
+    """The particles' :class:`~.ctf.CtfColumns`, or None if the particle table has no CTF column.
+
+    The per-particle columns (defocus, phase shift, B-factor) come from the particle table; the
+    microscope's (voltage, Cs, amplitude contrast, rlnCtfDataArePhaseFlipped) from it or from
+    data_optics.  Microscope columns in data_optics alone are not a CTF: RELION writes them for
+    particles whose CTF was never estimated.
+    """
+    table = columns.table
+    found = [c for c in list(_CTF_PARTICLE) + list(_CTF_MICROSCOPE) if table.hasColumn(c)]
+    if not found:
+        return None
+    missing = []
+    per_particle = [c for c in _CTF_PARTICLE if c not in _CTF_OPTIONAL and not columns.has(c, optics=False)]
+    if per_particle:
+        missing.append("%s in data_particles" % ", ".join(per_particle))
+    microscope = [c for c in _CTF_MICROSCOPE if not columns.has(c)]
+    if microscope:
+        missing.append("%s in data_particles%s" % (", ".join(microscope),
+                                                   " or data_optics" if columns.optics is not None else ""))
+    if missing:
+        raise InputError("%s has CTF columns (%s) but no %s: add the missing columns, or remove the CTF "
+                         "columns to use the particles without CTF"
+                         % (columns.star_path, ", ".join(found), " and no ".join(missing)))
+    values = {}
+    for col, field in list(_CTF_PARTICLE.items()) + list(_CTF_MICROSCOPE.items()):
+        c = columns.get(col, optics=col in _CTF_MICROSCOPE)
+        if c is not None:
+            values[field] = c.check(field).per_particle()
+    flipped = columns.get("rlnCtfDataArePhaseFlipped")
+    if flipped is not None:
+        bad = np.flatnonzero(~np.isin(flipped.values, (0.0, 1.0)))
+        if bad.size:
+            raise InputError("%s: rlnCtfDataArePhaseFlipped is %g: it must be 0 (not flipped) or 1 (phase-flipped)"
+                             % (flipped.where(bad[0]), flipped.values[bad[0]]))
+        values["phase_flipped"] = flipped.per_particle() == 1.0
+    return CtfColumns(**values, pixel_size=pixel_sizes)
 
 
 def _lenient_floats(table, col):

@@ -27,17 +27,23 @@ class ParticleSource(abc.ABC):
     """Random access to N square particle images.
 
     Attributes: ``count``, ``box``, ``pixel_size`` (float or None), ``ids`` (int64, length N), ``names``
-    (list of str), ``prior`` ((N, 4) float64 ``[psi_deg, sx, sy, mirror]`` or None).  Subclasses
-    provide :meth:`_fill`; a source is a context manager whose exit calls :meth:`close`.
+    (list of str), ``prior`` ((N, 4) float64 ``[psi_deg, sx, sy, mirror]`` or None), ``ctf`` (the
+    particles' :class:`~.ctf.CtfColumns`, or None without CTF; ``source.ctf.images(indices, box,
+    pixel_size)`` gives a batch's CTFs).  Subclasses provide :meth:`_fill`; a source is a context
+    manager whose exit calls :meth:`close`.
     """
 
-    def __init__(self, *, count, box, ids, names, prior=None, pixel_size=None):
+    def __init__(self, *, count, box, ids, names, prior=None, pixel_size=None, ctf=None):
         self.count = int(count)
         self.box = int(box)
         self.ids = np.asarray(ids, dtype=np.int64)
         self.names = list(names)
         self._prior = None if prior is None else np.asarray(prior, dtype=np.float64)
         self.pixel_size = None if pixel_size is None else float(pixel_size)
+        if ctf is not None and len(ctf) != self.count:
+            raise InputError("the CTF has %d particles but the source has %d; give one CTF per particle"
+                             % (len(ctf), self.count))
+        self.ctf = ctf
 
     @property
     def prior(self):
@@ -89,9 +95,10 @@ class ParticleSource(abc.ABC):
 
 
 class ArraySource(ParticleSource):
-    """An (N, n, n) array (not copied); ``ids`` default to 1..N, names are ``"000001@array"``..."""
+    """An (N, n, n) array (not copied); ``ids`` default to 1..N, names are ``"000001@array"``...;
+    ``ctf`` a :class:`~.ctf.CtfColumns` of N particles or None."""
 
-    def __init__(self, array, pixel_size=None, ids=None, prior=None):
+    def __init__(self, array, pixel_size=None, ids=None, prior=None, ctf=None):
         a = np.asarray(array)
         if a.ndim != 3:
             raise InputError("particle array must be 3D (N, n, n), got shape %s; for a single image "
@@ -115,7 +122,8 @@ class ArraySource(ParticleSource):
                 raise InputError("prior has shape %s; give an (N, 4) array [psi, sx, sy, mirror] with N=%d"
                                  % (prior.shape, n))
         names = ["%06d@array" % (i + 1) for i in range(n)]
-        super().__init__(count=n, box=a.shape[1], ids=ids, names=names, prior=prior, pixel_size=pixel_size)
+        super().__init__(count=n, box=a.shape[1], ids=ids, names=names, prior=prior, pixel_size=pixel_size,
+                         ctf=ctf)
         self._array = a
 
     def _fill(self, out, idx):
@@ -144,7 +152,7 @@ class StarSource(ParticleSource):
         """From a :class:`~.particle_table.ParticleTable`; InputError for a missing, short or non-square
         stack, and with ``use_prior`` for a prior alignment that cannot be used."""
         super().__init__(count=len(table.names), box=0, ids=table.ids, names=table.names,
-                         pixel_size=table.pixel_size)
+                         pixel_size=table.pixel_size(), ctf=table.ctf)
         self._prior_columns = table.prior
         self.stack_paths = list(table.stack_paths)
         self.star_path = table.star_path
@@ -155,6 +163,8 @@ class StarSource(ParticleSource):
         self.box, header_sizes = self._check_stacks(table.tried)
         if self.pixel_size is None and len(header_sizes) == 1:
             self.pixel_size = float(header_sizes.pop())
+        if self.ctf is not None and self.ctf.pixel_size is None and self.pixel_size is not None:
+            self.ctf.pixel_size = np.full(self.count, self.pixel_size)   # the CTF's pixels are the images'
         if use_prior:
             self.prior    # checked now: a run that uses the prior fails before it starts
 
