@@ -17,6 +17,7 @@ Both are the same affine point map, so the Scipion matrix *is* the engine matrix
 ``tests/test_convert.py`` checks this on images with xmippLib's own ``readApplyGeo``.
 """
 import os
+import shutil
 
 import mrcfile
 import numpy as np
@@ -115,18 +116,101 @@ class _StackLinker:
         return "%06d@converted.mrcs" % self._converted
 
 
-def _writeOptics(f, pixelSize, box):
-    optics = Table(columns=["rlnOpticsGroup", "rlnImageSize", "rlnImagePixelSize"])
-    optics.addRow(1, int(box), float(pixelSize))
-    optics.writeStar(f, tableName=TABLE_OPTICS)
+# RELION 3.1 CTF columns: the microscope's per optics group, the CTF's per particle.
+OPTICS_CTF_COLUMNS = ["rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
+                      "rlnCtfDataArePhaseFlipped"]
+CTF_COLUMNS = ["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"]
+# Stored on particles by the relion plugin's importer (PARTICLE_EXTRA_LABELS); passed on if present.
+RELION_BFACTOR_ATTR = "_rlnCtfBfactor"
 
 
-def writeSetOfParticles(partSet, starFile, usePrior=False):
+class _OpticsGroups:
+    """One RELION optics group per distinct acquisition (voltage, Cs, amplitude contrast).
+
+    A particle's acquisition values that are unset fall back to the set's.  Without ``withCtf``
+    there is one group holding the image size and pixel size only, as before CTF support.
+    """
+    def __init__(self, partSet, withCtf):
+        self.withCtf = withCtf
+        self.default = _acquisitionValues(partSet.getAcquisition())
+        self.phaseFlipped = int(bool(partSet.isPhaseFlipped()))
+        self.pixelSize = float(partSet.getSamplingRate())
+        self.box = int(partSet.getXDim())
+        self.groups = {}    # acquisition values -> group number (1-based, in order of appearance)
+
+    def number(self, particle):
+        """The optics group of ``particle`` (1 without CTF)."""
+        if not self.withCtf:
+            return 1
+        own = _acquisitionValues(particle.getAcquisition())
+        key = tuple(v if v is not None else d for v, d in zip(own, self.default))
+        if key not in self.groups:
+            if None in key:
+                raise ValueError(
+                    "Particle %s has a CTF but its acquisition lacks the %s: set the microscope's "
+                    "voltage (kV), spherical aberration (mm) and amplitude contrast of the input "
+                    "particles (e.g. when importing them)." % (particle.getObjId(), ", ".join(
+                        n for n, v in zip(("voltage", "spherical aberration",
+                                           "amplitude contrast"), key) if v is None)))
+            self.groups[key] = len(self.groups) + 1
+        return self.groups[key]
+
+    def write(self, f):
+        columns = ["rlnOpticsGroup", "rlnImageSize", "rlnImagePixelSize"]
+        if self.withCtf:
+            columns += OPTICS_CTF_COLUMNS
+        optics = Table(columns=columns)
+        groups = sorted(self.groups.items(), key=lambda kv: kv[1]) if self.withCtf else [(None, 1)]
+        for key, number in groups:
+            row = [number, self.box, self.pixelSize]
+            if self.withCtf:
+                row += [float(v) for v in key] + [self.phaseFlipped]
+            optics.addRow(*row)
+        optics.writeStar(f, tableName=TABLE_OPTICS)
+
+
+def _acquisitionValues(acquisition):
+    if acquisition is None:
+        return (None, None, None)
+    return (acquisition.getVoltage(), acquisition.getSphericalAberration(),
+            acquisition.getAmplitudeContrast())
+
+
+def _ctfColumns(firstPart):
+    """The per-particle CTF columns for a set whose first particle is ``firstPart``."""
+    columns = ["rlnOpticsGroup"] + CTF_COLUMNS
+    if firstPart is not None and firstPart.getCTF().hasPhaseShift():
+        columns.append("rlnPhaseShift")
+    if firstPart is not None and firstPart.hasAttribute(RELION_BFACTOR_ATTR):
+        columns.append("rlnCtfBfactor")
+    return columns
+
+
+def _ctfValues(part, columns, optics):
+    ctf = part.getCTF()
+    if ctf is None or ctf.getDefocusU() is None:
+        raise ValueError("Particle %s has no CTF although its set says it has: re-run the CTF "
+                         "assignment, or use CTF correction None." % part.getObjId())
+    row = [optics.number(part), float(ctf.getDefocusU()), float(ctf.getDefocusV()),
+           float(ctf.getDefocusAngle())]
+    if "rlnPhaseShift" in columns:
+        row.append(float(ctf.getPhaseShift() or 0.0))
+    if "rlnCtfBfactor" in columns:
+        row.append(float(part.getAttributeValue(RELION_BFACTOR_ATTR, 0.0) or 0.0))
+    return row
+
+
+def writeSetOfParticles(partSet, starFile, usePrior=False, writeCtf=True):
     """Write the engine input STAR for the enabled particles of ``partSet``, in id order.
 
     ``rlnImageId`` is the Scipion object id (the key used to read results back).  Stacks are
     linked next to ``starFile``.  With ``usePrior``, the set's 2D alignment is written in the
-    engine convention as the starting parameters.  Returns the number of particles written.
+    engine convention as the starting parameters.  When the set has a CTF (and ``writeCtf``),
+    each particle's CTF and the set's acquisition are written as RELION 3.1 columns: one
+    ``data_optics`` group per distinct acquisition (``rlnVoltage``, ``rlnSphericalAberration``,
+    ``rlnAmplitudeContrast``, ``rlnCtfDataArePhaseFlipped`` from ``isPhaseFlipped()``) and per
+    particle ``rlnOpticsGroup``, ``rlnDefocusU/V`` (A), ``rlnDefocusAngle`` and, if the CTFs have
+    one, ``rlnPhaseShift`` (deg).  Returns the number of particles written.
     """
     if usePrior and partSet.getAlignment() != ALIGN_2D:
         raise ValueError("The input particles have alignment %s, not 2D: a prior alignment can only "
@@ -134,12 +218,15 @@ def writeSetOfParticles(partSet, starFile, usePrior=False):
     outDir = os.path.dirname(os.path.abspath(starFile))
     os.makedirs(outDir, exist_ok=True)
     linker = _StackLinker(outDir)
-    columns = ["rlnImageId", "rlnImageName"] + (PRIOR_COLUMNS if usePrior else [])
+    withCtf = bool(writeCtf and partSet.hasCTF())
+    optics = _OpticsGroups(partSet, withCtf)
+    ctfColumns = _ctfColumns(partSet.getFirstItem()) if withCtf else []
+    columns = ["rlnImageId", "rlnImageName"] + (PRIOR_COLUMNS if usePrior else []) + ctfColumns
     count = 0
     tmp = starFile + ".tmp"
-    with open(tmp, "w") as f:
-        _writeOptics(f, partSet.getSamplingRate(), partSet.getXDim())
-        writer = Table.Writer(f)
+    # The particles go first to a scratch file: the optics groups are known only after them.
+    with open(tmp + ".particles", "w+") as body:
+        writer = Table.Writer(body)
         writer.writeTableName(TABLE_PARTICLES)
         writer.writeHeader([Table.Column(c) for c in columns])
         for part in partSet.iterItems(orderBy="id", direction="ASC"):
@@ -150,9 +237,16 @@ def writeSetOfParticles(partSet, starFile, usePrior=False):
             if usePrior:
                 psi, sx, sy, mirror = geometryFromMatrix2D(_matrixOf(part))
                 row += [float(psi), float(sx), float(sy), int(mirror)]
+            if withCtf:
+                row += _ctfValues(part, ctfColumns, optics)
             writer.writeRowValues(row)
             count += 1
         writer.writeNewline()
+        body.seek(0)
+        with open(tmp, "w") as f:
+            optics.write(f)
+            shutil.copyfileobj(body, f)
+    os.remove(tmp + ".particles")
     os.replace(tmp, starFile)
     return count
 
