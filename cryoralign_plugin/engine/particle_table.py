@@ -335,16 +335,17 @@ class _Columns:
             group_row = {}
             for r, g in enumerate(self.optics.getColumnValues("rlnOpticsGroup")):
                 group_row.setdefault(_group_key(g), r)
-            groups = self.table.getColumnValues("rlnOpticsGroup")
-            rows = np.empty(n, dtype=np.int64)
-            for i, g in enumerate(groups):
-                r = group_row.get(_group_key(g))
+            texts, first, which = np.unique(np.array(self.table.getColumnValues("rlnOpticsGroup"), dtype=str),
+                                            return_index=True, return_inverse=True)
+            rows = np.empty(len(texts), dtype=np.int64)
+            for u in np.argsort(first):                 # the groups in the order of their first row
+                r = group_row.get(_group_key(texts[u]))
                 if r is None:
                     raise InputError("%s: rlnOpticsGroup %s is not in data_optics (groups: %s): fix the group or "
-                                     "add it to data_optics" % (self.particle_row(i), g, ", ".join(
+                                     "add it to data_optics" % (self.particle_row(first[u]), texts[u], ", ".join(
                                          str(k) for k in group_row)))
-                rows[i] = r
-            self._rows = rows
+                rows[u] = r
+            self._rows = rows[which.reshape(-1)]
         return self._rows
 
 
