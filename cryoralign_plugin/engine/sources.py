@@ -190,6 +190,8 @@ class StarSource(ParticleSource):
         header_sizes = set()
         max_local = np.full(len(self.stack_paths), -1, dtype=np.int64)
         np.maximum.at(max_local, self._stack_of, self._local)
+        unnumbered = np.zeros(len(self.stack_paths), dtype=bool)      # stacks named without index@
+        unnumbered[self._stack_of[~self._numbered]] = True
         for s, p in enumerate(self.stack_paths):
             self._check_exists(p, *tried[s])
             m = self._open.get(s)
@@ -203,7 +205,7 @@ class StarSource(ParticleSource):
                 raise InputError("particle stacks have different box sizes: %s is %d x %d but %s is %d x %d; "
                                  "resample or re-extract all particles to one box size"
                                  % (box_from, box, box, p, nx, nx))
-            self._check_length(s, p, int(max_local[s]), length)
+            self._check_length(s, p, int(max_local[s]), bool(unnumbered[s]), length)
             vs = voxel_size(m)
             if vs is not None:
                 header_sizes.add(round(vs, 4))
@@ -216,20 +218,17 @@ class StarSource(ParticleSource):
                              "check the path: relative paths are taken from the STAR file's directory"
                              % (tried[0], row + 1, self.star_path, self.names[row], where))
 
-    def _check_length(self, s, p, hi, length):
-        """InputError if a row of stack ``s`` asks for an image past its ``length``, or names a stack of
-        several images without an image number (it would read image 1 for every such row)."""
-        rows = self._stack_of == s
-        if length > 1:
-            plain = np.flatnonzero(rows & ~self._numbered)
-            if plain.size:
-                r = int(plain[0])
-                raise InputError("row %d of %s: rlnImageName '%s' has no image number but %s holds %d images: "
-                                 "write it as 000001@%s ... %06d@%s, one row per image"
-                                 % (r + 1, self.star_path, self.names[r], p, length, self.names[r], length,
-                                    self.names[r]))
+    def _check_length(self, s, p, hi, unnumbered, length):
+        """InputError if a row of stack ``s`` asks for an image past its ``length`` (``hi`` is the largest
+        0-based index asked for), or names a stack of several images without an image number
+        (``unnumbered``: it would read image 1 for every such row)."""
+        if unnumbered and length > 1:
+            r = int(np.flatnonzero((self._stack_of == s) & ~self._numbered)[0])
+            raise InputError("row %d of %s: rlnImageName '%s' has no image number but %s holds %d images: "
+                             "write it as 000001@%s ... %06d@%s, one row per image"
+                             % (r + 1, self.star_path, self.names[r], p, length, self.names[r], length, self.names[r]))
         if hi >= length:
-            r = int(np.flatnonzero(rows & (self._local >= length))[0])
+            r = int(np.flatnonzero((self._stack_of == s) & (self._local >= length))[0])
             raise InputError("row %d of %s asks for image %d of %s, which holds %d image%s (rlnImageName %s): "
                              "fix the index (1-based) or regenerate the STAR file from the stack"
                              % (r + 1, self.star_path, self._local[r] + 1, p, length, "s" * (length != 1),
