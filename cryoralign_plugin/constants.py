@@ -22,3 +22,9 @@ TABLE_OPTICS = "optics"
 
 # Prefix of the extra attributes stored on output particles and classes.
 ATTR_PREFIX = "_cryoralign"
+
+# CTF correction choices of the forms (EnumParam order) and the engine's --ctf value of each;
+# None (Automatic) omits the flag: the engine corrects when the input has CTF columns.
+CTF_AUTO, CTF_WIENER, CTF_FLIP, CTF_NONE = range(4)
+CTF_CHOICES = ['Automatic', 'Wiener', 'Phase flip only', 'None']
+CTF_ENGINE_MODES = [None, 'wiener', 'flip', 'none']

@@ -25,6 +25,7 @@ class CryoralignProtAlign2D(CryoralignProtBase, ProtAlign2D):
     _devStatus = BETA
     _possibleOutputs = outputs
     _engineCommand = RFA
+    _averagesName = 'average'
 
     def createOutputStep(self):
         partsFn, classesStar, stack = self._requireEngineOutputs(PARTICLES_STAR, CLASSES_STAR,

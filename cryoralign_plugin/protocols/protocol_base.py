@@ -16,7 +16,8 @@ from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
 
 from .. import Plugin
 from .. import convert
-from ..constants import CHECKPOINT_GLOB, ENGINE_DIR, INPUT_DIR, INPUT_STAR
+from ..constants import (CHECKPOINT_GLOB, CTF_AUTO, CTF_CHOICES, CTF_ENGINE_MODES, CTF_FLIP,
+                         CTF_NONE, CTF_WIENER, ENGINE_DIR, INPUT_DIR, INPUT_STAR)
 from ..engine import outputs
 from ..engine.geometry import largest_radius, sampling_limit
 from ..engine.settings import Settings
@@ -47,6 +48,7 @@ def cudaAvailable():
 class CryoralignProtBase:
     """Shared by CryoralignProtAlign2D (RFA) and CryoralignProtClassify2D (MRA)."""
     _engineCommand = None  # 'rfa' or 'mra'
+    _averagesName = 'class averages'   # what the engine's averages are, in messages
 
     # --------------------------- DEFINE param functions ----------------------------------------
     def _defineParams(self, form):
@@ -68,6 +70,7 @@ class CryoralignProtBase:
                       help='Use the 2D alignment stored in the input particles as the starting '
                            'parameters instead of starting from zero.')
         self._defineInputParams(form)
+        self._defineCtfParams(form)
 
         form.addSection(label='Alignment')
         form.addParam('numberOfIterations', params.IntParam, default=DEFAULTS.iterations,
@@ -129,13 +132,35 @@ class CryoralignProtBase:
     def _defineInputParams(self, form):
         """Hook: protocol-specific input parameters."""
 
+    def _defineCtfParams(self, form):
+        group = form.addGroup('CTF', condition='not doContinue')
+        group.addParam('ctfCorrection', params.EnumParam, default=CTF_AUTO, choices=CTF_CHOICES,
+                       display=params.EnumParam.DISPLAY_HLIST, label='CTF correction',
+                       help='Automatic: Wiener when the input particles have a CTF (e.g. after CTF '
+                            'estimation and extraction, or imported from RELION), none otherwise.\n'
+                            'Wiener: particles phase-flipped for the alignment (the CTF no longer '
+                            'inverts contrast between them) and %s as Wiener-filtered CTF-weighted '
+                            'sums: corrected in phase and amplitude, at the input pixel size (as '
+                            'RELION, cryoSPARC and ISAC do).\n'
+                            'Phase flip only: particles phase-flipped, %s without amplitude '
+                            'correction (mid frequencies look washed out).\n'
+                            'None: CTF ignored; %s limited to about the first CTF zero (15-25 A).\n'
+                            'Particles already phase-flipped (see the input set) are never flipped '
+                            'again.' % ((self._averagesName,) * 3))
+        group.addParam('ignoreCTFUntilFirstPeak', params.BooleanParam, default=False,
+                       condition='ctfCorrection != %d' % CTF_NONE,
+                       expertLevel=params.LEVEL_ADVANCED, label='Ignore CTFs until first peak?',
+                       help='Leave each CTF at 1 below the frequency of its first peak (as RELION '
+                            'does with this option), e.g. for very high defocus or a poor CTF model '
+                            'at low resolution. Not generally recommended.')
+
     def _defineAlignmentParams(self, form):
         """Hook: protocol-specific alignment parameters."""
 
     # --------------------------- INSERT steps functions ----------------------------------------
     def _insertAllSteps(self):
         self._insertFunctionStep(self.convertInputStep, self._getInputParticles().getObjId(),
-                                 needsGPU=False)
+                                 self._ctfMode(), needsGPU=False)
         if self.doContinue:
             self._insertFunctionStep(self.copyContinueStep, self.continueRun.get().getObjId(),
                                      needsGPU=False)
@@ -144,14 +169,19 @@ class CryoralignProtBase:
         self._insertFunctionStep(self.createOutputStep, needsGPU=False)
 
     # --------------------------- STEPS functions -----------------------------------------------
-    def convertInputStep(self, inputId):
-        """Write the engine's STAR (stacks linked) and any references; ``inputId`` makes a
-        changed input redo this step when a run is resumed."""
+    def convertInputStep(self, inputId, ctfMode):
+        """Write the engine's STAR (stacks linked) and any references; ``inputId`` and ``ctfMode``
+        (whether CTF columns are written) make a changed input redo this step when a run is
+        resumed."""
         pwutils.makePath(self._getInputPath())
         src = self._getSourceRun()
+        mode = ctfMode
         n = convert.writeSetOfParticles(self._getInputParticles(), self._getInputPath(INPUT_STAR),
-                                        usePrior=src.usePriorAlignment.get())
-        self.info('Wrote %d particles to %s' % (n, self._getInputPath(INPUT_STAR)))
+                                        usePrior=src.usePriorAlignment.get(),
+                                        writeCtf=mode != 'none')
+        self.info('Wrote %d particles%s to %s' % (n, '' if mode == 'none' else ' with their CTFs',
+                                                  self._getInputPath(INPUT_STAR)))
+        self.info(self._ctfSentence())
         self._convertReferences(src)
 
     def _convertReferences(self, src):
@@ -198,12 +228,29 @@ class CryoralignProtBase:
             errors.append('The input particles have no 2D alignment (alignment: %s): set "Start '
                           'from the input alignment?" to No, or use 2D-aligned particles.'
                           % parts.getAlignment())
+        errors += self._validateCtf(src, parts)
         errors += self._validateInput(src, parts)
         errors += self._validateCompute()
         return errors
 
     def _validateInput(self, src, parts):
         """Hook: protocol-specific input checks (returns error sentences)."""
+        return []
+
+    def _validateCtf(self, src, parts):
+        if src.ctfCorrection.get() in (CTF_WIENER, CTF_FLIP) and not parts.hasCTF():
+            return ['The input particles have no CTF: choose CTF correction None or Automatic, or '
+                    'use particles with CTF (e.g. after CTF estimation).']
+        if self._ctfMode() == 'none':
+            return []
+        acq = parts.getAcquisition()
+        missing = [name for name, value in (('voltage', acq.getVoltage()),
+                                            ('spherical aberration', acq.getSphericalAberration()),
+                                            ('amplitude contrast', acq.getAmplitudeContrast()))
+                   if value is None]
+        if missing:
+            return ['The input particles have a CTF but their acquisition has no %s: set it (e.g. '
+                    'when importing them), or choose CTF correction None.' % ', '.join(missing)]
         return []
 
     def _validateContinue(self):
@@ -267,6 +314,7 @@ class CryoralignProtBase:
                  % (len(history), history[-1].get('mean_score', float('nan')))]
         if self.doContinue:
             lines.append('Continued from run %s.' % self.continueRun.get().getRunName())
+        lines.append(self._ctfSentence())
         return lines + self._summaryOutput()
 
     def _summaryOutput(self):
@@ -283,7 +331,8 @@ class CryoralignProtBase:
                 % (self._methodsSentence(), src.firstRing.get(), self._getRadius(),
                    src.ringStep.get(), src.maximumShift.get(), src.shiftStep.get(),
                    'with mirrors' if src.doMirror else 'without mirrors',
-                   len(self._readHistory()) or self.numberOfIterations.get())]
+                   len(self._readHistory()) or self.numberOfIterations.get())
+                + self._ctfMethods()]
 
     def _methodsSentence(self):
         """Hook: the first part of the methods sentence."""
@@ -305,6 +354,42 @@ class CryoralignProtBase:
 
     def _getInputParticles(self):
         return self._getInputPointer().get()
+
+    def _ctfMode(self):
+        """The correction the engine makes: 'wiener', 'flip' or 'none' (Automatic resolved as the
+        engine does: Wiener when the input has a CTF)."""
+        mode = CTF_ENGINE_MODES[self._getSourceRun().ctfCorrection.get()]
+        if mode is None:
+            parts = self._getInputParticles()
+            mode = 'wiener' if parts is not None and parts.hasCTF() else 'none'
+        return mode
+
+    def _ctfSentence(self):
+        """What was done about the CTF, for the log and the summary."""
+        parts, mode = self._getInputParticles(), self._ctfMode()
+        if mode == 'none':
+            return 'CTF correction: none (%s).' % ('the input particles have no CTF'
+                                                   if not parts.hasCTF() else 'the CTFs were ignored')
+        text = {'wiener': 'Wiener-filtered %s of phase-flipped particles' % self._averagesName,
+                'flip': 'phase flip only (%s not amplitude-corrected)' % self._averagesName}[mode]
+        if parts.isPhaseFlipped():
+            text += ', the input being phase-flipped already (not flipped again)'
+        if self._getSourceRun().ignoreCTFUntilFirstPeak:
+            text += '; CTFs left at 1 until their first peak'
+        return 'CTF correction: %s.' % text
+
+    def _ctfMethods(self):
+        mode = self._ctfMode()
+        if mode == 'none':
+            return ''
+        flipped = ('The particles had been phase-flipped'
+                   if self._getInputParticles().isPhaseFlipped()
+                   else 'The particles were phase-flipped with their CTFs')
+        if mode == 'flip':
+            return ' %s for the alignment, with no amplitude correction of the %s.' % (
+                flipped, self._averagesName)
+        return (' %s for the alignment, with the %s computed as Wiener-filtered CTF-weighted sums '
+                'at the input pixel size.' % (flipped, self._averagesName))
 
     def _getInputPath(self, *paths):
         return self._getExtraPath(INPUT_DIR, *paths)
@@ -332,6 +417,7 @@ class CryoralignProtBase:
                  (self.doAutoStop, '--auto-stop'),
                  (src.usePriorAlignment, '--use-prior'), (self.doContinue, '--continue')]
         args += [flag for on, flag in flags if on]
+        args += self._getCtfArgs(src)
         args += self._getMethodArgs(src)
         args = [shlex.quote(str(a)) for a in args]
         if self.extraParams.get():
@@ -345,6 +431,13 @@ class CryoralignProtBase:
     def _getMethodArgs(self, src):
         """Hook: protocol-specific engine arguments."""
         return []
+
+    def _getCtfArgs(self, src):
+        mode = CTF_ENGINE_MODES[src.ctfCorrection.get()]   # None: Automatic, left to the engine
+        args = [] if mode is None else ['--ctf', mode]
+        if src.ignoreCTFUntilFirstPeak and self._ctfMode() != 'none':
+            args.append('--ctf-intact-first-peak')
+        return args
 
     def _readHistory(self):
         try:
