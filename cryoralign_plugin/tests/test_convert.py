@@ -6,7 +6,7 @@ import numpy as np
 from emtable import Table
 
 from pwem.convert.transformations import euler_from_matrix
-from pwem.objects import Particle, SetOfAverages, SetOfParticles, Transform
+from pwem.objects import Acquisition, CTFModel, Particle, SetOfAverages, SetOfParticles, Transform
 from pyworkflow.tests import BaseTest, setupTestOutput
 
 from cryoralign_plugin import convert
@@ -284,3 +284,121 @@ class TestStar(BaseTest):
         self.assertEqual(convert.writeReferences(avgs, refs), 3)
         with mrcfile.open(refs, permissive=False) as mrc:
             np.testing.assert_allclose(mrc.data, self.data[[0, 1, 3]])
+
+
+class TestStarCtf(BaseTest):
+    """The CTF of a SetOfParticles written as RELION 3.1 columns, and read back by the engine."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestOutput(cls)
+        os.makedirs(cls.getOutputPath("data"))
+        cls.stackFn = cls.getOutputPath("data", "parts.mrcs")
+        with mrcfile.new(cls.stackFn) as mrc:
+            mrc.set_data(np.random.default_rng(4).normal(size=(4, 16, 16)).astype(np.float32))
+
+    def makeSet(self, name, withCtf=True, flipped=False, phaseShift=False, voltages=(300, 300, 300, 300)):
+        """4 particles (the 3rd disabled); particle i has defocus U 10000 + 1000 i, V = U - 300 and
+        angle 10 i degrees, phase shift 5 i with ``phaseShift``, and its own acquisition's voltage."""
+        partSet = SetOfParticles(filename=self.getOutputPath(name + ".sqlite"))
+        partSet.setSamplingRate(2.5)
+        acq = partSet.getAcquisition()
+        acq.setVoltage(300.0)
+        acq.setSphericalAberration(2.7)
+        acq.setAmplitudeContrast(0.07)
+        acq.setMagnification(10000)
+        partSet.setHasCTF(withCtf)
+        partSet.setIsPhaseFlipped(flipped)
+        self.expected = {}
+        for i in range(1, 5):
+            part = Particle(location=(i, self.stackFn))
+            if withCtf:
+                ctf = CTFModel()
+                ctf.setStandardDefocus(10000.0 + 1000 * i, 9700.0 + 1000 * i, 10.0 * i)
+                if phaseShift:
+                    ctf.setPhaseShift(5.0 * i)
+                part.setCTF(ctf)
+                self.expected[i] = (10000.0 + 1000 * i, 9700.0 + 1000 * i, 10.0 * i, 5.0 * i)
+            own = Acquisition()
+            own.copyInfo(acq)
+            own.setVoltage(float(voltages[i - 1]))
+            part.setAcquisition(own)
+            part.setEnabled(i != 3)
+            partSet.append(part)
+        partSet.write()
+        return partSet
+
+    def write(self, partSet, name, **kwargs):
+        star = self.getOutputPath(name, "particles.star")
+        self.assertEqual(convert.writeSetOfParticles(partSet, star, **kwargs), 3)
+        return star
+
+    def test_ctfColumns(self):
+        star = self.write(self.makeSet("ctf"), "ctf")
+        optics = Table(fileName=star, tableName="optics")
+        self.assertEqual(len(optics), 1)   # one acquisition: one optics group
+        og = optics[0]
+        self.assertEqual((og.rlnOpticsGroup, og.rlnImageSize), (1, 16))
+        np.testing.assert_allclose([og.rlnImagePixelSize, og.rlnVoltage, og.rlnSphericalAberration,
+                                    og.rlnAmplitudeContrast], [2.5, 300.0, 2.7, 0.07])
+        self.assertEqual(og.rlnCtfDataArePhaseFlipped, 0)
+        rows = list(Table.iterRows(star, tableName="particles"))
+        self.assertEqual([r.rlnImageId for r in rows], [1, 2, 4])
+        self.assertNotIn("rlnPhaseShift", rows[0]._fields)   # the CTFs have none
+        for r in rows:
+            u, v, angle, _ = self.expected[r.rlnImageId]
+            self.assertEqual(r.rlnOpticsGroup, 1)
+            np.testing.assert_allclose([r.rlnDefocusU, r.rlnDefocusV, r.rlnDefocusAngle], [u, v, angle])
+        ctf = StarSource.from_star(star).ctf   # the engine reads what convert wrote
+        np.testing.assert_allclose(ctf.defocus_u, [11000, 12000, 14000])
+        np.testing.assert_allclose(ctf.defocus_angle, [10, 20, 40])
+        np.testing.assert_allclose(ctf.voltage, 300.0)
+        np.testing.assert_allclose(ctf.amplitude_contrast, 0.07)
+        self.assertFalse(ctf.phase_flipped.any())
+
+    def test_phaseFlippedSet(self):
+        star = self.write(self.makeSet("flipped", flipped=True), "flipped")
+        self.assertEqual(Table(fileName=star, tableName="optics")[0].rlnCtfDataArePhaseFlipped, 1)
+        self.assertTrue(StarSource.from_star(star).ctf.phase_flipped.all())
+
+    def test_phaseShift(self):
+        star = self.write(self.makeSet("shift", phaseShift=True), "shift")
+        shifts = {r.rlnImageId: r.rlnPhaseShift for r in Table.iterRows(star, tableName="particles")}
+        self.assertEqual(shifts, {1: 5.0, 2: 10.0, 4: 20.0})
+
+    def test_opticsGroupPerAcquisition(self):
+        star = self.write(self.makeSet("groups", voltages=(300, 200, 200, 300)), "groups")
+        optics = {r.rlnOpticsGroup: r.rlnVoltage for r in Table.iterRows(star, tableName="optics")}
+        self.assertEqual(optics, {1: 300.0, 2: 200.0})
+        groups = {r.rlnImageId: r.rlnOpticsGroup for r in Table.iterRows(star, tableName="particles")}
+        self.assertEqual(groups, {1: 1, 2: 2, 4: 1})
+        np.testing.assert_allclose(StarSource.from_star(star).ctf.voltage, [300, 200, 300])
+
+    def test_noCtf(self):
+        """A set without CTF, or the CTF not wanted: no CTF column (the output of before CTF support)."""
+        for name, partSet, kwargs in (("none", self.makeSet("none", withCtf=False), {}),
+                                      ("unwanted", self.makeSet("unwanted"), {"writeCtf": False})):
+            with self.subTest(name):
+                star = self.write(partSet, name, **kwargs)
+                self.assertEqual(Table(fileName=star, tableName="optics").getColumnNames(),
+                                 ["rlnOpticsGroup", "rlnImageSize", "rlnImagePixelSize"])
+                self.assertEqual(Table(fileName=star, tableName="particles").getColumnNames(),
+                                 ["rlnImageId", "rlnImageName"])
+                self.assertIsNone(StarSource.from_star(star).ctf)
+
+    def test_ctfNeedsAcquisition(self):
+        partSet = _withoutVoltage(self.makeSet("acq"), self.getOutputPath("noacq.sqlite"))
+        with self.assertRaisesRegex(ValueError, "lacks the voltage"):
+            convert.writeSetOfParticles(partSet, self.getOutputPath("noacq", "p.star"))
+
+
+def _withoutVoltage(partSet, fileName):
+    """A copy of ``partSet`` whose set and particle acquisitions have no voltage."""
+    out = SetOfParticles(filename=fileName)
+    out.copyInfo(partSet)
+    out.getAcquisition().setVoltage(None)
+    for part in partSet.iterItems():
+        part.getAcquisition().setVoltage(None)
+        out.append(part)
+    out.write()
+    return out
