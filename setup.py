@@ -56,7 +56,8 @@ setup(
     install_requires=_requirements(),
     extras_require={
         "gpu": ["numba-cuda"],
-        "test": ["pytest", "pytest-timeout"],
+        # scipion-em-relion: its STAR importer (ProtImportParticles from RELION) feeds the CTF tests.
+        "test": ["pytest", "pytest-timeout", "scipion-em-relion>=5"],
     },
     entry_points={
         "pyworkflow.plugin": ["cryoralign_plugin = cryoralign_plugin"],
