@@ -24,8 +24,7 @@ def _source(particles):
 def _context(particles, settings, comm, log):
     source = _source(particles)
     comm = comm or parallel.world()
-    if settings.iterations < 1:
-        raise InputError("iterations must be >= 1 (got %d)" % settings.iterations)
+    settings.check()
     backend = get_backend(settings.backend, settings.threads, settings.gpu, comm.rank, settings.exhaustive)
     log = log if comm.rank == 0 else (lambda *_: None)
     fallback = backend.name == "cpu" and settings.gpu
@@ -99,7 +98,13 @@ def _initial_references(ctx, n_classes, references):
                              "particles' box size" % ("x".join(map(str, refs.shape[1:])), box, box))
         if not np.all(np.isfinite(refs)):
             raise InputError("the references contain NaN or infinite values: fix the reference stack")
-        return imgops.normalise(refs, ctx.radius)
+        try:
+            return imgops.normalise(refs, ctx.radius)
+        except imgops.BlankImages as blank:
+            raise InputError("reference %s of the %d given %s blank (constant inside the %d px mask): fix the "
+                             "reference stack, or start from random particles (--classes)" % (
+                                 ", ".join(str(k + 1) for k in blank.indices[:10]), len(refs),
+                                 "is" if len(blank.indices) == 1 else "are", ctx.radius)) from None
     if n_classes is None or n_classes < 1:
         raise InputError("give the number of classes (>= 1) or initial references")
     if n_classes > count:
@@ -107,4 +112,4 @@ def _initial_references(ctx, n_classes, references):
                          "classes" % (n_classes, count, count))
     rng = np.random.default_rng(ctx.settings.seed)
     chosen = np.sort(rng.choice(count, size=n_classes, replace=False))
-    return imgops.normalise(ctx.source.read(chosen), ctx.radius)
+    return imgops.normalise(ctx.source.read(chosen), ctx.radius, chosen)

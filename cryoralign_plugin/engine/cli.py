@@ -1,12 +1,20 @@
 """``cryoralign-engine rfa|mra|info``: the command line the Scipion protocols run (MPI-aware).
 
-Bad input ends the run with ``cryoralign-engine: error: ...`` and exit status 2; under MPI a rank
-that fails aborts the whole job (no rank is left waiting in a collective).
+Exit status: 0 done; 2 bad input or an output folder that cannot be written (disk full, permission
+denied, read-only): one line ``cryoralign-engine: error: ...`` naming the problem and the fix, and
+since every file is written atomically, ``--continue`` resumes from the last complete iteration once
+it is fixed; 130 interrupted (SIGINT) and 143 terminated (SIGTERM), with one line saying which
+iteration ``--continue`` resumes from; 1 a bug, with its traceback.  Under MPI a rank that fails
+aborts the whole job (no rank is left waiting in a collective).  A closed standard output (``| head``)
+does not stop a run: its log stops, its results are still written.
 """
 import argparse
+import glob
 import os
 import platform
+import signal
 import sys
+import threading
 import traceback
 from dataclasses import fields
 
@@ -19,8 +27,61 @@ DEFAULTS = Settings()
 
 
 def _gpu_ids(text):
-    """``"0 1"`` or ``"0,1"`` -> ``[0, 1]``; an empty string (Scipion without GPUs) -> None."""
-    return [int(g) for g in text.replace(",", " ").split()] or None
+    """``"0 1"`` or ``"0,1"`` -> ``[0, 1]``; an empty string (Scipion without GPUs) -> None.
+
+    Text that is not a list of integers is kept as given, for :meth:`Settings.check` to refuse in one
+    line (argparse would print its usage and a message that does not say what to give).
+    """
+    try:
+        return [int(g) for g in text.replace(",", " ").split()] or None
+    except ValueError:
+        return text
+
+
+class Log:
+    """``print`` to standard output, flushed; once that is closed (the reader of a pipe, such as
+    ``head``, went away) or fails, the run goes on without its log: the results are still written."""
+
+    def __init__(self):
+        self.closed = False
+
+    def __call__(self, text):
+        if self.closed:
+            return
+        try:
+            print(text, flush=True)
+        except OSError as exc:
+            self.closed = True
+            try:   # what is still buffered goes nowhere, so the exit does not fail on it again
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass
+            try:
+                print("%s: standard output %s: the run goes on without its log" % (
+                    PROG, "was closed" if isinstance(exc, BrokenPipeError) else "failed (%s)" % exc),
+                    file=sys.stderr, flush=True)
+            except (OSError, ValueError):
+                pass
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that the run unwinds as on Ctrl-C (no half-written files)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _resume_hint(out_dir):
+    """Where an interrupted run stands: the iteration ``--continue`` resumes from, if any."""
+    from . import outputs
+    out_dir = os.path.abspath(out_dir)
+    done = [os.path.basename(p)[len("iter_"):] for p in glob.glob(os.path.join(out_dir, outputs.CHECKPOINT_GLOB))]
+    if not done:
+        return "no iteration was complete in %s: run the command again" % out_dir
+    return "the last complete iteration (%d) in %s can be resumed with --continue" % (max(map(int, done)), out_dir)
 
 
 def _common(parser):
@@ -104,13 +165,16 @@ def run(args, comm):
     from .mrc import read_stack
     from .sources import StarSource
     settings = settings_from(args)
+    settings.check()   # before anything is read
+    if args.pixel_size is not None and not args.pixel_size > 0:
+        raise InputError("--pixel-size %g: give a pixel size > 0 A/px, or leave --pixel-size out to use the "
+                         "input's" % args.pixel_size)
+    if getattr(args, "classes", None) is not None and args.classes < 1:
+        raise InputError("--classes %d: give at least 1 class (or initial --references)" % args.classes)
     source = StarSource.from_star(args.particles, use_prior=args.use_prior)
     if args.pixel_size is not None:
-        if args.pixel_size <= 0:
-            raise InputError("the pixel size must be > 0 A/px (got %g): leave --pixel-size out to use the "
-                             "input's" % args.pixel_size)
         source.pixel_size = args.pixel_size
-    log = lambda text: print(text, flush=True)
+    log = Log()
     if comm.size > 1:  # lets a launcher's report of a dead process ("PID ...") be traced to its rank
         log("rank %d of %d: pid %d on %s" % (comm.rank, comm.size, os.getpid(), platform.node()))
     if comm.rank == 0:
@@ -134,15 +198,16 @@ def info(args):
     import numpy
     from . import parallel
     from .backends import cpu
-    print("cryoralign engine: python %s, numpy %s, numba %s" % (platform.python_version(), numpy.__version__,
-                                                               numba.__version__))
-    print("backends: cpu (%d threads)" % cpu.CpuBackend().threads)
+    log = Log()
+    log("cryoralign engine: python %s, numpy %s, numba %s" % (platform.python_version(), numpy.__version__,
+                                                             numba.__version__))
+    log("backends: cpu (%d threads)" % cpu.CpuBackend().threads)
     try:
         from .backends import cuda
-        cuda.describe(print, box=args.box, n_classes=args.classes, shift_range=args.shift_range)
+        cuda.describe(log, box=args.box, n_classes=args.classes, shift_range=args.shift_range)
     except ImportError:
-        print("cuda: not available (install the 'gpu' extra on a machine with an NVIDIA GPU)")
-    print("MPI ranks: %d" % parallel.world().size)
+        log("cuda: not available (install the 'gpu' extra on a machine with an NVIDIA GPU)")
+    log("MPI ranks: %d" % parallel.world().size)
 
 
 def main(argv=None):
@@ -152,18 +217,27 @@ def main(argv=None):
     from . import parallel
     comm = parallel.world()
     where = " (rank %d of %d)" % (comm.rank, comm.size) if comm.size > 1 else ""
+    handles = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if handles else None
     try:
         run(args, comm)
     except InputError as exc:
         print("%s: error%s: %s" % (PROG, where, exc), file=sys.stderr, flush=True)
         comm.abort(2)
     except KeyboardInterrupt:
-        print("%s: interrupted%s" % (PROG, where), file=sys.stderr, flush=True)
+        print("%s: interrupted%s: %s" % (PROG, where, _resume_hint(args.out)), file=sys.stderr, flush=True)
         comm.abort(130)
+    except Terminated:
+        print("%s: terminated (SIGTERM)%s: %s" % (PROG, where, _resume_hint(args.out)), file=sys.stderr,
+              flush=True)
+        comm.abort(128 + signal.SIGTERM)
     except Exception as exc:  # a bug or a system failure: keep the traceback, stop every rank
         traceback.print_exc()
         print("%s: error%s: %s: %s" % (PROG, where, type(exc).__name__, exc), file=sys.stderr, flush=True)
         comm.abort(1)
+    finally:
+        if handles and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

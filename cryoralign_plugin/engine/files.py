@@ -13,7 +13,7 @@ import tempfile
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, OutputError
 
 __all__ = ["atomic_path", "fsync_path", "check_output_dir", "check_readable_file", "json_text",
            "write_json", "read_json"]
@@ -40,14 +40,19 @@ def atomic_path(path):
     The block writes a file (or creates a directory) at the yielded path.  On success the result is
     flushed to disk and renamed onto ``path`` (``os.replace``; an existing directory at ``path`` is
     swapped out and removed).  If the block raises, the temporary file or directory is removed and the
-    exception propagates, so ``path`` keeps its previous content (or stays absent).
+    exception propagates, so ``path`` keeps its previous content (or stays absent).  An OSError of the
+    OS (disk full, permission denied, read-only file system) becomes an :class:`OutputError` naming
+    ``path``: a failing ``write`` does not say which file it was writing.
     """
     path = os.path.abspath(os.fspath(path))
     directory, base = os.path.split(path)
     if not os.path.isdir(directory):
         raise InputError("cannot write %s: directory %s does not exist; create it first "
                          "(or choose an existing output directory)" % (path, directory))
-    fd, tmp = tempfile.mkstemp(prefix=".%s.tmp-" % base, dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".%s.tmp-" % base, dir=directory)
+    except OSError as e:
+        raise OutputError.writing(path, e) from e
     os.close(fd)
     os.unlink(tmp)   # the block creates it (file or directory), we only reserve a unique name
     try:
@@ -69,12 +74,14 @@ def atomic_path(path):
             fsync_path(tmp)
             os.replace(tmp, path)
         fsync_path(directory)
-    except BaseException:
+    except BaseException as e:
         if os.path.isdir(tmp) and not os.path.islink(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
         elif os.path.lexists(tmp):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None:
+            raise OutputError.writing(path, e) from e
         raise
 
 

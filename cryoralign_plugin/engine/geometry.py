@@ -127,16 +127,25 @@ def center_offsets(params):
     return -np.einsum("nji,nj->ni", rot, p[:, [SX, SY]])
 
 
+def _shift_half_width(shift_range, shift_step):
+    if not shift_step > 0 or not np.isfinite(shift_step):
+        raise InputError("shift step must be > 0 px (got %s)" % shift_step)
+    if not shift_range >= 0 or not np.isfinite(shift_range):
+        raise InputError("shift range must be >= 0 px (got %s)" % shift_range)
+    return int(np.floor(shift_range / shift_step + 1e-9))
+
+
+def shift_count(shift_range, shift_step):
+    """How many trial shifts :func:`shift_grid` gives, without building it."""
+    return (2 * _shift_half_width(shift_range, shift_step) + 1) ** 2
+
+
 def shift_grid(shift_range, shift_step):
     """Trial shifts ``(S, 2)`` on a square grid ``-range..range`` (sub-pixel steps honoured).
 
     The zero shift is always included; the grid is symmetric about it.
     """
-    if shift_step <= 0:
-        raise InputError("shift step must be > 0 (got %s)" % shift_step)
-    if shift_range < 0:
-        raise InputError("shift range must be >= 0 (got %s)" % shift_range)
-    k = int(np.floor(shift_range / shift_step + 1e-9))
+    k = _shift_half_width(shift_range, shift_step)
     axis = np.arange(-k, k + 1) * float(shift_step)
     ty, tx = np.meshgrid(axis, axis, indexing="ij")
     return np.stack([tx.ravel(), ty.ravel()], -1)

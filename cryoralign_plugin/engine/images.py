@@ -44,10 +44,21 @@ def _normalise(images, inside, out, sigma):
                 out[i, y, x] = (img[y, x] - background) * scale
 
 
-def normalise(images, radius):
+class BlankImages(InputError):
+    """Images with no variance inside the mask; ``indices`` are their 0-based positions in the input."""
+
+    def __init__(self, indices):
+        self.indices = np.asarray(indices, np.int64)
+        super().__init__("particle(s) %s have zero variance inside the mask (blank images): remove them from "
+                         "the particle set" % ", ".join(str(i + 1) for i in self.indices[:10]))
+
+
+def normalise(images, radius, indices=None):
     """Zero mean outside the particle and unit variance inside it (SPARX ``normalize.mask``).
 
-    A flat image cannot be aligned, so it is an input error rather than a division by zero.
+    A flat image cannot be aligned, so it is an input error (:class:`BlankImages`) rather than a
+    division by zero; ``indices`` (default ``0..N-1``) are the images' positions in the particle
+    set, which the message numbers from 1.
     """
     images = np.ascontiguousarray(images, dtype=np.float32)
     out = np.empty_like(images)
@@ -55,8 +66,7 @@ def normalise(images, radius):
     _normalise(images, circular_mask(images.shape[-1], radius), out, sigma)
     flat = np.flatnonzero(~(np.abs(out).reshape(len(out), -1).max(axis=1) > 0))
     if flat.size:
-        raise InputError("image(s) %s have zero variance inside the mask (blank images): remove them "
-                         "from the particle set" % ", ".join(str(i + 1) for i in flat[:10]))
+        raise BlankImages(flat if indices is None else np.asarray(indices)[flat])
     return out
 
 

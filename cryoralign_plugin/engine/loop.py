@@ -51,6 +51,7 @@ class Context:
                              "range or larger images" % (box, settings.shift_range))
         self.grid = polar_grid(self.radius, settings.first_ring, settings.ring_step)
         search.check_geometry(box, self.grid, settings.shift_range)
+        search.check_search_size(1, self.grid, settings.shift_range, settings.shift_step)  # before allocating
         self.shifts = shift_grid(settings.shift_range, settings.shift_step)
         self.offset_limit = search.offset_limit(box, self.grid)
         self.local = np.arange(source.count)[comm.local_slice(source.count)]
@@ -61,11 +62,12 @@ class Context:
             yield self.local[start:start + size]
 
     def read(self, indices):
-        return imgops.normalise(self.source.read(indices), self.radius)
+        return imgops.normalise(self.source.read(indices), self.radius, indices)
 
 
 def search_pass(ctx, refs, params):
-    """Local candidates of every reference for this rank's particles."""
+    """Local candidates of every reference for this rank's particles (none on a rank without any)."""
+    search.check_search_size(len(refs), ctx.grid, ctx.settings.shift_range, ctx.settings.shift_step)
     prepared = ctx.backend.prepare_references(
         search.reference_rings(ctx.backend, refs, ctx.grid, ctx.shifts), ctx.grid, ctx.settings.mirror)
     parts = []
@@ -83,6 +85,11 @@ def search_pass(ctx, refs, params):
     return search.Candidates(*[np.concatenate([getattr(p, f) for p in parts])
                                for f in ("score", "shift", "mirror", "angle", "offsets")])
 
+    if not parts:  # more ranks than particles: an empty share, in the dtypes of Backend.search
+        n_refs = len(refs)
+        parts.append(search.Candidates(np.empty((0, n_refs), np.float32), np.empty((0, n_refs), np.int32),
+                                       np.empty((0, n_refs), np.int8), np.empty((0, n_refs), np.float32),
+                                       np.empty((0, 2))))
 
 def average_pass(ctx, params, classes, n_classes):
     """Even/odd class sums over all ranks (fixed point, so independent of the number of ranks)."""

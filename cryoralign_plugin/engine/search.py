@@ -14,8 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from . import memory
 from .errors import InputError
-from .geometry import MIRROR, PSI, SX, SY, largest_radius, rotation, sampling_limit
+from .geometry import MIRROR, PSI, SX, SY, largest_radius, rotation, sampling_limit, shift_count
+
+# Bytes per ring of one (reference, shift) held by the CPU search's screening operands (32
+# frequencies x 8 float32 blocks, x 3 while they are assembled); see search_bytes.
+_SCREEN_BYTES_PER_RING = 3 * 32 * 8 * 4
 
 
 @dataclass
@@ -37,6 +42,51 @@ def check_geometry(box, grid, shift_range):
             "radius %d + shift range %g = %g px reaches outside the %d px box (at most %d px fits): "
             "use a radius <= %d or a smaller shift range" % (grid.outer_radius, shift_range, reach, box,
                                                             limit, largest_radius(box, shift_range)))
+
+
+def search_bytes(n_refs, n_shifts, grid):
+    """About how much memory the references displaced by every trial shift take, ready to search.
+
+    Per (reference, shift): the rings (float32), their spectra (complex64) and the screening
+    operands; within ~30% of what the CPU backend measures for 32-128 px boxes (it overestimates).
+    """
+    rings = len(grid.radii)
+    per_shift = 8 * grid.total + 8 * rings * (grid.maxrin // 2 + 1) + _SCREEN_BYTES_PER_RING * rings
+    return int(n_refs) * int(n_shifts) * per_shift
+
+
+def check_search_size(n_refs, grid, shift_range, shift_step):
+    """Refuse, before anything is allocated, a shift grid whose references cannot fit in memory.
+
+    The limit is this process's share of the machine's memory (:func:`~.memory.budget_bytes`); the
+    message gives the numbers and the finest step (in 0.01 px) that fits.
+    """
+    n_shifts = shift_count(shift_range, shift_step)
+    budget = memory.budget_bytes()
+    need = search_bytes(n_refs, n_shifts, grid)
+    if budget is None or need <= budget:
+        return n_shifts
+    what = "%d shifts per reference" % n_shifts
+    if n_refs > 1:
+        what += " x %d references" % n_refs
+    text = "--shift-step %g with --shift-range %g gives %s, ~%s (this process can use %s)" % (
+        shift_step, shift_range, what, _size(need), _size(budget))
+    fits = budget // search_bytes(n_refs, 1, grid)   # shifts that fit
+    other = ", fewer classes or smaller images" if n_refs > 1 else " or smaller images"
+    if fits < 1 or shift_range == 0:
+        raise InputError("%s: even one shift does not fit: use %s" % (
+            text, "fewer classes or smaller images" if n_refs > 1 else "smaller images"))
+    half = int((np.sqrt(fits) - 1) // 2)   # the widest grid -half..half that fits
+    if half < 1:
+        raise InputError("%s: use a step larger than the shift range (no shift search)%s" % (text, other))
+    step = max(0.01, np.floor(100.0 * shift_range / (half + 1)) / 100.0)
+    while shift_count(shift_range, step) > fits:
+        step = round(step + 0.01, 2)
+    raise InputError("%s: use a step of at least %g%s" % (text, step, other))
+
+
+def _size(nbytes):
+    return "%.3g GiB" % (nbytes / 2.0 ** 30) if nbytes >= 2 ** 30 else "%.3g MiB" % (nbytes / 2.0 ** 20)
 
 
 def offset_limit(box, grid):

@@ -3,9 +3,12 @@
 The CLI (``cli.py``) and the Scipion form take their defaults from :class:`Settings`; ``None`` in a
 field means automatic, resolved by the engine as said next to the field.
 """
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional
 
+from .errors import InputError
 from .geometry import largest_radius
 
 # Angular frequencies of the CPU search's coarse (screening) stage; ``exhaustive`` skips that stage.
@@ -35,6 +38,38 @@ class Settings:
     gpu: Optional[list] = None     # GPU ids (MPI rank i uses gpu[i % n]); None: GPU 0
     exhaustive: bool = False       # scan every (shift, mirror) at full resolution, no screening stage
 
+    def check(self):
+        """InputError naming the flag and the fix for the first unusable value (nothing is read before).
+
+        The sizes that depend on the images (radius vs box, the shift grid's memory) are checked once
+        the box is known (:class:`~.loop.Context`).
+        """
+        _whole(self, "radius", 2, "the outer ring must be at least 2 px: give --radius >= 2, or leave it out "
+                                  "(automatic: the largest that fits)", optional=True)
+        _whole(self, "first_ring", 1, "rings start at 1 px: give --first-ring >= 1")
+        _whole(self, "ring_step", 1, "give at least 1 px between rings: --ring-step >= 1")
+        _real(self, "shift_range", 0.0, "give a shift range >= 0 px (0: no shift search)")
+        _real(self, "shift_step", 0.0, "give a step > 0 px (e.g. 1, or 0.5 for half pixels)", strict=True)
+        _whole(self, "iterations", 1, "give at least 1 iteration")
+        _real(self, "stop_fraction", 0.0, "give a fraction of the particles between 0 and 1 (e.g. 0.005)",
+              most=1.0)
+        _whole(self, "seed", 0, "give a seed >= 0")
+        _whole(self, "min_members", 0, "give a class size >= 0 (0: never re-seed), or leave it out "
+                                       "(automatic)", optional=True)
+        _whole(self, "balanced_iterations", 0, "give a number of iterations >= 0, or leave it out "
+                                               "(automatic: half of --iterations)", optional=True)
+        _whole(self, "batch_size", 1, "give at least 1 particle per batch")
+        _whole(self, "threads", 1, "give at least 1 thread, or leave it out (automatic: all cores)",
+               optional=True)
+        if self.backend not in ("auto", "cpu", "cuda"):
+            raise InputError("--backend %r: use auto, cpu or cuda" % (self.backend,))
+        gpu = self.gpu
+        if gpu is not None:
+            ids = gpu if isinstance(gpu, (list, tuple)) else [gpu]
+            if isinstance(gpu, str) or not all(_is_whole(g) and g >= 0 for g in ids):
+                text = gpu if isinstance(gpu, str) else " ".join(str(g) for g in ids)
+                raise InputError("--gpu '%s': give GPU ids as integers, e.g. \"0 1\"" % text)
+
     def resolved_radius(self, box):
         if self.radius is not None:
             return int(self.radius)
@@ -49,3 +84,32 @@ class Settings:
         if self.balanced_iterations is not None:
             return self.balanced_iterations
         return self.iterations // 2
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def _show(value):
+    return "%g" % value if isinstance(value, float) else str(value)
+
+
+def _is_whole(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _whole(settings, name, least, fix, optional=False):
+    value = getattr(settings, name)
+    if value is None and optional:
+        return
+    if not _is_whole(value):
+        raise InputError("%s %s: give a whole number (%s)" % (_flag(name), _show(value), fix))
+    if value < least:
+        raise InputError("%s %s: %s" % (_flag(name), _show(value), fix))
+
+
+def _real(settings, name, least, fix, strict=False, most=None):
+    value = getattr(settings, name)
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) \
+            or value < least or (strict and value == least) or (most is not None and value > most):
+        raise InputError("%s %s: %s" % (_flag(name), _show(value), fix))
