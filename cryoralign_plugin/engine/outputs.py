@@ -5,6 +5,7 @@ here keeps both sides agreed.  Everything is written atomically by rank 0: the c
 ``iter_NNN/`` after each iteration, then ``classes.mrcs``, ``classes.star``, ``history.json`` and
 ``particles.star`` last (it marks completion).
 """
+import io
 import json
 import logging
 import os
@@ -137,8 +138,10 @@ def save_checkpoint(out_dir, iteration, arrays, meta):
     text = json_text(meta)
     with atomic_path(target) as tmp:
         os.mkdir(tmp)
+        state = io.BytesIO()   # np.savez leaves its ZipFile open on a failed write (disk full): not on the file
+        np.savez(state, **arrays)
         with open(os.path.join(tmp, "state.npz"), "wb") as f:
-            np.savez(f, **arrays)
+            f.write(state.getbuffer())
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             f.write(text)
     return target
