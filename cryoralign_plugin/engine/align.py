@@ -1,16 +1,17 @@
 """Python API: reference-free and multireference alignment on arrays or STAR files.
 
 Both functions accept an ``(N, n, n)`` array or a :class:`~.sources.ParticleSource`, return a
-:class:`~.loop.Result`, and write the run's files when ``out_dir`` is given.  Under ``mpirun``
-every rank calls the same function; the particles are split between them.
+:class:`~.loop.Result`, and write the run's files when ``out_dir`` is given: the folder then belongs
+to the run (:mod:`.rundir`: never over an input, one run at a time, a manifest first; ``resume``
+continues only a run with the same manifest, ``overwrite`` replaces a previous run).  Under
+``mpirun`` every rank calls the same function; the particles are split between them.
 """
 import numpy as np
 
 from . import images as imgops
-from . import loop, outputs, parallel, references as reference_ops
+from . import loop, outputs, parallel, references as reference_ops, rundir
 from .backends import get_backend
 from .errors import InputError
-from .files import check_output_dir
 from .settings import Settings
 from .sources import ArraySource, ParticleSource
 
@@ -38,26 +39,39 @@ def _initial_params(ctx):
     return np.zeros((ctx.source.count, 4))
 
 
-def _run(ctx, state, reseed, out_dir, resume):
-    if out_dir is not None and ctx.comm.rank == 0:
-        check_output_dir(out_dir)
-    if resume and out_dir is not None:
-        found = loop.restore(out_dir, ctx.source.count, ctx.source.box, len(state.references))
-        if found is not None:
-            ctx.log("continuing after iteration %d" % found.iteration)
-            state = found
-    state = loop.iterate(ctx, state, reseed, out_dir)
-    result = loop.Result(state.classes, state.params, state.scores, state.averages, state.references,
-                         state.cutoffs, state.history)
-    if out_dir is not None and ctx.comm.rank == 0:
-        outputs.write(out_dir, ctx.source, result)
+def _run(ctx, state, reseed, out_dir, resume, overwrite, command, start, inputs):
+    claim = None
+    if out_dir is not None:
+        if ctx.comm.rank == 0:   # claims the folder (or refuses, writing nothing) before anything is written
+            new = rundir.manifest(command, ctx.settings, ctx.source, ctx.radius, len(state.references), start)
+            claim = rundir.claim(out_dir, new, resume, overwrite, ctx.settings.iterations,
+                                 rundir.input_files(ctx.source, inputs), ctx.log)
+        # rank 0 decides whether to resume; the others wait for it here (if it refuses, the CLI aborts them)
+        resume = bool(ctx.comm.allgather(np.array([claim is not None and claim.resume]))[0])
+    try:
+        if resume:
+            found = loop.restore(out_dir, ctx.source.count, ctx.source.box, len(state.references))
+            if found is not None:
+                ctx.log("continuing after iteration %d" % found.iteration)
+                state = found
+        state = loop.iterate(ctx, state, reseed, out_dir)
+        result = loop.Result(state.classes, state.params, state.scores, state.averages, state.references,
+                             state.cutoffs, state.history)
+        if out_dir is not None and ctx.comm.rank == 0:
+            outputs.write(out_dir, ctx.source, result)
+    finally:
+        if claim is not None:
+            claim.release()   # the lock: held for the whole run
     return result
 
 
-def align_reference_free(particles, settings=None, out_dir=None, resume=False, comm=None, log=print, **options):
+def align_reference_free(particles, settings=None, out_dir=None, resume=False, comm=None, log=print,
+                         overwrite=False, inputs=(), **options):
     """Iterative reference-free alignment (SPARX ``ali2d``): average -> align to it -> repeat.
 
     ``options`` are :class:`~.settings.Settings` fields (radius, shift_range, iterations, ...).
+    ``resume`` continues the run in ``out_dir`` (same manifest), ``overwrite`` replaces the run there;
+    ``inputs`` are ``(what, path)`` of input files besides the source's, never to be written over.
     """
     settings = settings or Settings(**options)
     ctx = _context(particles, settings, comm, log)
@@ -68,15 +82,16 @@ def align_reference_free(particles, settings=None, out_dir=None, resume=False, c
     refs, cutoffs, averages = reference_ops.build(sums, reference_ops.class_counts(classes, parity, 1),
                                                     ctx.radius, settings.center)
     state = loop.State(0, params, classes, np.zeros(ctx.source.count), refs, cutoffs, averages, [])
-    return _run(ctx, state, False, out_dir, resume)
+    return _run(ctx, state, False, out_dir, resume, overwrite, "rfa", {}, inputs)
 
 
 def align_multi_reference(particles, n_classes=None, references=None, settings=None, out_dir=None,
-                          resume=False, comm=None, log=print, **options):
+                          resume=False, comm=None, log=print, overwrite=False, inputs=(), **options):
     """Multireference alignment (SPARX ``mref_ali2d``) from given references or K random particles.
 
     Random particles are drawn with ``settings.seed``; starved classes are re-seeded (see
-    :func:`~.references.reseed_starved`) so the classes do not collapse into a few.
+    :func:`~.references.reseed_starved`) so the classes do not collapse into a few.  ``resume``,
+    ``overwrite`` and ``inputs`` as for :func:`align_reference_free`.
     """
     settings = settings or Settings(**options)
     ctx = _context(particles, settings, comm, log)
@@ -84,7 +99,12 @@ def align_multi_reference(particles, n_classes=None, references=None, settings=N
     count = ctx.source.count
     state = loop.State(0, _initial_params(ctx), np.full(count, -1, np.int64), np.zeros(count), refs,
                        np.zeros(len(refs)), refs, [])
-    return _run(ctx, state, True, out_dir, resume)
+    if references is not None:
+        given = np.asarray(references, np.float32)
+        start = {"references": given[None] if given.ndim == 2 else given}
+    else:
+        start = {"classes": int(n_classes), "seed": int(settings.seed)}
+    return _run(ctx, state, True, out_dir, resume, overwrite, "mra", start, inputs)
 
 
 def _initial_references(ctx, n_classes, references):

@@ -123,7 +123,10 @@ def _common(parser):
     g.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="particles read and searched at a time (default: %(default)s)")
     g.add_argument("--continue", dest="resume", action="store_true",
-                   help="resume from the last complete iteration in --out")
+                   help="resume from the last complete iteration in --out (only the run its run.json "
+                        "describes: same input and settings)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the previous run in --out (removes only that run's files)")
     g.add_argument("--pixel-size", type=float, default=None,
                    help="A/px for resolutions (default: automatic, the input's)")
 
@@ -145,8 +148,8 @@ def build_parser():
     mra.add_argument("--min-members", type=int, default=d.min_members,
                      help="re-seed classes with fewer members (default: automatic, N / (4 K), at least 2)")
     mra.add_argument("--balanced-iterations", type=int, default=d.balanced_iterations,
-                     help="equal-size assignment for this many first iterations (default: automatic, half "
-                          "of --iterations)")
+                     help="equal-size assignment for this many first iterations (default: automatic, the "
+                          "first 5, whatever --iterations is, so that extending a run keeps its schedule)")
     info = sub.add_parser("info", help="versions, backends, GPUs and MPI size")
     info.add_argument("--box", type=int, default=0, help="with --classes and --shift-range: batch size")
     info.add_argument("--classes", type=int, default=1)
@@ -180,7 +183,8 @@ def run(args, comm):
     if comm.rank == 0:
         log("%s %s: %d particles of %d px, %d MPI rank(s)" % (PROG, args.command, source.count, source.box,
                                                               comm.size))
-    common = dict(settings=settings, out_dir=args.out, resume=args.resume, comm=comm, log=log)
+    common = dict(settings=settings, out_dir=args.out, resume=args.resume, overwrite=args.overwrite, comm=comm,
+                  log=log, inputs=[("references file", args.references)] if getattr(args, "references", None) else [])
     with PeakMemory() as memory:
         if args.command == "rfa":
             align.align_reference_free(source, **common)

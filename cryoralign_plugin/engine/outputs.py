@@ -1,9 +1,12 @@
 """The files of a run's output folder: their names, their writers and their readers, in one place.
 
 The engine writes them, and the plugin, the viewer and the tests read them; naming each file once
-here keeps both sides agreed.  Everything is written atomically by rank 0: the checkpoint
-``iter_NNN/`` after each iteration, then ``classes.mrcs``, ``classes.star``, ``history.json`` and
-``particles.star`` last (it marks completion).
+here keeps both sides agreed.  Everything is written atomically by rank 0: the manifest ``run.json``
+first (see :mod:`.rundir`: the folder belongs to that run), the checkpoint ``iter_NNN/`` after each
+iteration, then ``classes.mrcs``, ``classes.star``, ``history.json`` and ``particles.star`` last (it
+marks completion).  ``run.lock`` is held by the process running in the folder.  The names below, the
+checkpoints and the temporary names of interrupted writes are the only files a run owns
+(:func:`owned`): ``--overwrite`` removes those and nothing else.
 """
 import io
 import json
@@ -28,6 +31,24 @@ HISTORY_JSON = "history.json"           # one summary row per iteration
 CHECKPOINT_DIR = "iter_%03d"            # the state after an iteration (state.npz + meta.json)
 CHECKPOINT_GLOB = "iter_[0-9][0-9][0-9]"
 _CHECKPOINT_RE = re.compile(r"^iter_(\d+)$")
+MANIFEST_JSON = "run.json"              # the run's identity: command, settings, input fingerprint (first)
+LOCK_FILE = "run.lock"                  # locked (flock) by the process running in the folder: pid, host, start
+# The results, in the order a replaced run loses them: particles.star first, since it marks completion.
+RESULT_FILES = (PARTICLES_STAR, CLASSES_MRCS, CLASSES_STAR, HISTORY_JSON)
+OWNED_FILES = RESULT_FILES + (MANIFEST_JSON, LOCK_FILE)
+# Temporary names: files.atomic_path's ".NAME.tmp-*" / ".NAME.old-*", files.check_output_dir's probe.
+_TEMPORARY_RE = re.compile(r"^\.(%s|iter_\d+)\.(tmp|old)-|^\.write-test-"
+                           % "|".join(re.escape(name) for name in OWNED_FILES))
+
+
+def owned(name):
+    """True if ``name`` (an entry of an output folder) is one of the files a run writes there."""
+    return name in OWNED_FILES or bool(_CHECKPOINT_RE.match(name) or _TEMPORARY_RE.match(name))
+
+
+def is_checkpoint(name):
+    """True if ``name`` is a checkpoint directory's name (``iter_NNN``)."""
+    return bool(_CHECKPOINT_RE.match(name))
 
 # The engine's mirror is written as RELION's/Xmipp's STAR label ``rlnIsFlip`` (0 or 1, the label the
 # input's prior is read from too): the file format keeps the established name, the code says mirror.
@@ -157,6 +178,9 @@ def _load_checkpoint(path, iteration):
     missing = set(meta.get("arrays", [])) - set(arrays)
     if missing:
         raise ValueError("state.npz lacks %s" % sorted(missing))
+    for name, a in sorted(arrays.items()):   # a hand-edited or corrupted state must not reach the output
+        if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+            raise ValueError("%s holds NaN or infinite values" % name)
     return arrays, meta
 
 
@@ -164,7 +188,8 @@ def last_checkpoint(out_dir):
     """The highest complete checkpoint in ``out_dir`` as ``(iteration, arrays, meta)``, or None.
 
     Temporary directories (interrupted saves) are ignored; a damaged ``iter_NNN`` (missing or corrupt
-    files) is skipped with a warning and the next lower one is tried.
+    files, or arrays holding NaN or infinite values) is skipped with a warning and the next lower one
+    is tried.
     """
     out_dir = os.fspath(out_dir)
     if not os.path.isdir(out_dir):

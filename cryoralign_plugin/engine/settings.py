@@ -13,6 +13,8 @@ from .geometry import largest_radius
 
 # Angular frequencies of the CPU search's coarse (screening) stage; ``exhaustive`` skips that stage.
 SCREEN_FREQUENCIES = 32
+# Automatic balanced_iterations: the first 5 iterations (half of the default 10), whatever the total.
+BALANCED_ITERATIONS = 5
 
 
 @dataclass
@@ -30,7 +32,7 @@ class Settings:
     center: bool = False           # center the references on their center of mass
     seed: int = 0
     min_members: Optional[int] = None          # re-seed classes smaller than this; None: N / (4 K), at least 2
-    balanced_iterations: Optional[int] = None  # equal-size assignment for the first iterations; None: half
+    balanced_iterations: Optional[int] = None  # equal-size assignment for the first iterations; None: 5
     batch_size: int = 2048
     use_prior: bool = False        # start from the input's alignment instead of zero
     backend: str = "auto"
@@ -57,7 +59,7 @@ class Settings:
         _whole(self, "min_members", 0, "give a class size >= 0 (0: never re-seed), or leave it out "
                                        "(automatic)", optional=True)
         _whole(self, "balanced_iterations", 0, "give a number of iterations >= 0, or leave it out "
-                                               "(automatic: half of --iterations)", optional=True)
+                                               "(automatic: the first 5)", optional=True)
         _whole(self, "batch_size", 1, "give at least 1 particle per batch")
         _whole(self, "threads", 1, "give at least 1 thread, or leave it out (automatic: all cores)",
                optional=True)
@@ -81,9 +83,11 @@ class Settings:
         return max(2, count // (4 * n_classes))
 
     def resolved_balanced_iterations(self):
+        """The first iterations that assign equal-size classes: a number that does not depend on
+        ``iterations``, so a run extended later with ``--continue`` keeps the schedule it started with."""
         if self.balanced_iterations is not None:
             return self.balanced_iterations
-        return self.iterations // 2
+        return BALANCED_ITERATIONS
 
 
 def _flag(name):

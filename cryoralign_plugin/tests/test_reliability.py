@@ -115,3 +115,72 @@ def test_100k_particles_run_with_flat_memory_and_steady_progress(tmp_path):
     # the per-particle state is ~1.3 KB; images are streamed, so 10x particles must not mean 10x memory
     assert large < small + 300
     assert "searched" in log and "iteration 1/1" in log
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_busy_folder_fails_at_once_and_a_killed_one_frees_it(star, tmp_path):
+    out = tmp_path / "busy"
+    first = subprocess.Popen(mra(star, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(outputs.checkpoint_dir(out, 1))
+        start = time.time()
+        for extra in (["--continue"], ["--overwrite"], []):
+            second = subprocess.run(mra(star, out, *extra), capture_output=True, text=True, timeout=60)
+            assert second.returncode == 2, second.stderr
+            assert ("%s is in use by another run (pid %d on " % (out, first.pid)) in second.stderr
+            assert "wait for it to finish or use another --out" in second.stderr
+            assert "results written" not in second.stdout
+        assert time.time() - start < 30
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    done = subprocess.run(mra(star, out, "--continue"), capture_output=True, text=True)   # the OS freed it
+    assert done.returncode == 0, done.stderr
+    assert "continuing after iteration" in done.stdout
+
+
+@pytest.mark.slow
+def test_under_mpi_a_run_refused_by_rank_0_ends_every_rank(star, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "thesis.tex").write_text("not a run")
+    start = time.time()
+    job = subprocess.run([os.path.join(BIN, "mpirun"), "-n", "2"] + mra(star, out), capture_output=True,
+                         text=True, timeout=60)
+    assert job.returncode != 0 and time.time() - start < 30
+    assert "is not empty and is not a cryoralign run folder" in job.stderr
+    assert sorted(os.listdir(out)) == ["thesis.tex"]
+    assert _rank_pids(out) == {}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    synthetic.make_dataset(str(root), n_particles=40, box=32, n_classes=2, snr=1.0, seed=3)
+    return root
+
+
+@pytest.mark.parametrize("out", ["", "."])
+def test_the_command_line_refuses_to_write_where_its_input_is(small, out):
+    star = small / "particles.star"
+    before = star.read_bytes()
+    done = subprocess.run(ENGINE + ["mra", "--particles", "particles.star", "--out", out, "--classes", "2",
+                                    "--iterations", "1", "--threads", "1"],
+                          cwd=str(small), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert ('--out ""' if out == "" else "choose another --out") in done.stderr
+    assert star.read_bytes() == before
+    assert sorted(os.listdir(small)) == ["particles.mrcs", "particles.star", "references.mrcs", "truth.star"]
+
+
+def test_a_rerun_without_continue_never_resumes_the_old_run(small, tmp_path):
+    out = tmp_path / "out"
+    run = ENGINE + ["mra", "--particles", str(small / "particles.star"), "--out", str(out), "--classes", "2",
+                    "--threads", "1"]
+    assert subprocess.run(run + ["--iterations", "2"], capture_output=True).returncode == 0
+    again = subprocess.run(run + ["--iterations", "1", "--seed", "9"], capture_output=True, text=True)
+    assert again.returncode == 2 and "holds a previous run" in again.stderr
+    replaced = subprocess.run(run + ["--iterations", "1", "--seed", "9", "--overwrite"], capture_output=True,
+                              text=True)
+    assert replaced.returncode == 0, replaced.stderr
+    assert len(outputs.read_history(str(out))) == 1 and not (out / "iter_002").exists()

@@ -65,7 +65,7 @@ def test_outputs_follow_the_contract(dataset, tmp_path):
     history = outputs.read_history(str(out))
     assert [h["iteration"] for h in history] == [1, 2]
     assert sorted(os.listdir(out)) == ["classes.mrcs", "classes.star", "history.json", "iter_001", "iter_002",
-                                       "particles.star"]
+                                       "particles.star", "run.json", "run.lock"]
 
 
 @pytest.mark.slow
