@@ -18,7 +18,7 @@ from .. import Plugin
 from .. import convert
 from ..constants import (CHECKPOINT_GLOB, CTF_AUTO, CTF_CHOICES, CTF_ENGINE_MODES, CTF_FLIP,
                          CTF_NONE, CTF_WIENER, ENGINE_DIR, INPUT_DIR, INPUT_STAR)
-from ..engine import outputs
+from ..engine import outputs, rundir
 from ..engine.geometry import largest_radius, sampling_limit
 from ..engine.settings import Settings
 
@@ -188,14 +188,44 @@ class CryoralignProtBase:
         """Hook: write initial references for the engine."""
 
     def copyContinueStep(self, continueId):
-        """Copy (not link: the engine rewrites them) the continued run's results and checkpoints."""
+        """Copy (not link: the engine rewrites them) the continued run's manifest, checkpoints and
+        history; the engine (--continue) then checks the manifest against this run.  Not copied:
+        its particles.star (this run's folder holds a result only once this run has written it) and
+        its lock file (a lock belongs to the process holding it)."""
         prevDir = self.continueRun.get()._getExtraPath(ENGINE_DIR)
         if not os.path.isdir(prevDir):
             raise FileNotFoundError('The run to continue has no engine output in %s.' % prevDir)
-        shutil.copytree(prevDir, self._getEnginePath(), symlinks=True, dirs_exist_ok=True)
+        holder = rundir.holder(prevDir)
+        if holder:
+            raise RuntimeError('Run %s is still running (%s): wait for it to finish, or stop it, before '
+                               'continuing it.' % (self.continueRun.get().getRunName(), holder))
+        shutil.copytree(prevDir, self._getEnginePath(), symlinks=True, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(outputs.PARTICLES_STAR, outputs.LOCK_FILE))
 
     def runEngineStep(self, args):
-        self.runJob(Plugin.getProgram(), args, env=Plugin.getEnviron())
+        """Run the engine; if it fails, the step fails with the engine's own one-line message."""
+        log = self.getStderrLog()
+        start = os.path.getsize(log) if os.path.exists(log) else 0
+        try:
+            self.runJob(Plugin.getProgram(), args, env=Plugin.getEnviron())
+        except Exception as exc:
+            message = self._engineError(log, start)
+            if message is None:
+                raise
+            raise RuntimeError(message) from exc
+
+    @staticmethod
+    def _engineError(log, start):
+        """The engine's last ``cryoralign-engine: error...`` line written to ``log`` after ``start``."""
+        try:
+            with open(log, 'rb') as f:
+                f.seek(start)
+                lines = f.read().decode(errors='replace').splitlines()
+        except OSError:
+            return None
+        marker = '%s: error' % rundir.PROGRAM
+        found = [line[line.index(marker):].strip() for line in lines if marker in line]
+        return found[-1] if found else None
 
     # --------------------------- INFO functions ------------------------------------------------
     def _validate(self):
@@ -266,6 +296,10 @@ class CryoralignProtBase:
         if not glob(os.path.join(prev._getExtraPath(ENGINE_DIR), CHECKPOINT_GLOB)):
             return ['Run %s has no completed iteration to continue from: run it anew instead.'
                     % prev.getRunName()]
+        holder = rundir.holder(prev._getExtraPath(ENGINE_DIR))
+        if holder:
+            return ['Run %s is still running (%s): wait for it to finish, or stop it, before '
+                    'continuing it.' % (prev.getRunName(), holder)]
         return []
 
     def _validateCompute(self):
@@ -413,9 +447,12 @@ class CryoralignProtBase:
                 '--shift-step', src.shiftStep.get(), '--iterations', self.numberOfIterations.get(),
                 '--threads', max(1, self.numberOfThreads.get()),
                 '--batch-size', self.batchSize.get()]
+        # The engine folder is this run's own: a new run replaces what an earlier execution of this
+        # step left there (--overwrite); a continued run resumes the copy of the run it continues.
         flags = [(not src.doMirror, '--no-mirror'), (src.doCenter, '--center'),
                  (self.doAutoStop, '--auto-stop'),
-                 (src.usePriorAlignment, '--use-prior'), (self.doContinue, '--continue')]
+                 (src.usePriorAlignment, '--use-prior'), (self.doContinue, '--continue'),
+                 (not self.doContinue, '--overwrite')]
         args += [flag for on, flag in flags if on]
         args += self._getCtfArgs(src)
         args += self._getMethodArgs(src)

@@ -1,5 +1,6 @@
 """Scipion integration: plugin discovery, protocol forms and validation, and full runs
 (import -> RFA / MRA with 1 and 2 MPI processes -> continue) checked against ground truth."""
+import fcntl
 import json
 import os
 import signal
@@ -220,6 +221,39 @@ class TestForms(BaseTest):
         prot.continueRun.set(notRun)
         self.assertError(prot, "has no completed iteration")
 
+    def test_continueOfARunStillRunning(self):
+        running = self.newClassify()
+        self.proj.saveProtocol(running)
+        engineDir = running._getExtraPath("engine")
+        os.makedirs(outputs.checkpoint_dir(engineDir, 1))
+        prot = self.newClassify(doContinue=True, continueRun=running)
+        self.proj.saveProtocol(prot)
+        self.assertEqual(prot.validate(), [])
+        with open(os.path.join(engineDir, outputs.LOCK_FILE), "w") as held:
+            held.write('{"pid": 4242, "host": "node7", "since": "now"}')
+            held.flush()
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.assertError(prot, "is still running (pid 4242 on node7")
+        self.assertEqual(prot.validate(), [])
+
+    def test_engineFolderIsTheRunsOwn(self):
+        """--out is inside the run's own extra folder; a new run replaces whatever an earlier execution
+        of its engine step left there (--overwrite), a continued run checks the copied manifest."""
+        prot = self.newClassify(numberOfClasses=3)
+        self.proj.saveProtocol(prot)
+        args = prot._getEngineArgs()
+        out = prot._getExtraPath("engine")
+        self.assertTrue(os.path.abspath(out).startswith(os.path.abspath(prot._getExtraPath()) + os.sep))
+        self.assertIn("--out %s " % out, args)
+        self.assertIn("--overwrite", args)
+        self.assertNotIn("--continue", args)
+        again = self.newClassify(doContinue=True, continueRun=prot)
+        self.proj.saveProtocol(again)
+        args = again._getEngineArgs()
+        self.assertIn("--out %s " % again._getExtraPath("engine"), args)
+        self.assertIn("--continue", args)
+        self.assertNotIn("--overwrite", args)
+
     def test_engineArguments(self):
         args = self.newClassify(numberOfClasses=3, seed=5, numberOfThreads=2)._getEngineArgs()
         for part in ("mra --particles", "--classes 3 --seed 5", "--radius 19", "--threads 2",
@@ -329,6 +363,28 @@ class TestRuns(BaseTest):
                 open(again._getExtraPath("engine", PARTICLES_STAR)) as b:
             self.assertEqual(a.read(), b.read())
         self.assertSetSize(again.outputClasses, 3)
+
+    def test_continueChecksTheCopiedManifest(self):
+        """A continued run whose copied manifest no longer matches fails with the engine's one line,
+        and the run it continues is left as it was."""
+        first = self.runClassify(1, numberOfIterations=1)
+        manifest = first._getExtraPath("engine", outputs.MANIFEST_JSON)
+        with open(manifest) as f:
+            data = json.load(f)
+        data["settings"]["shift_range"] = 1.5        # as if the first run had searched other shifts
+        with open(manifest, "w") as f:
+            json.dump(data, f)
+        again = self.newProtocol(CryoralignProtClassify2D, objLabel="mismatch", useGpu=False, doContinue=True,
+                                 continueRun=first, numberOfIterations=2, numberOfClasses=3)
+        self.proj.launchProtocol(again, wait=True)
+        self.assertTrue(again.isFailed())
+        message = again.getErrorMessage()
+        self.assertIn("belongs to another run", message)
+        self.assertIn("settings.shift_range: 1.5 -> 3.0", message)
+        self.assertNotIn("\n", message.strip())
+        self.assertFalse(os.path.exists(again._getExtraPath("engine", PARTICLES_STAR)))
+        with open(first._getExtraPath("engine", HISTORY_JSON)) as f:
+            self.assertEqual(len(json.load(f)), 1)
 
     def test_continue(self):
         first = self.runClassify(1, numberOfIterations=2)
