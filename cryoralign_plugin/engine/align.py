@@ -78,9 +78,8 @@ def align_reference_free(particles, settings=None, out_dir=None, resume=False, c
     params = _initial_params(ctx)
     classes = np.zeros(ctx.source.count, np.int64)
     parity = np.arange(ctx.source.count) % 2
-    sums = loop.average_pass(ctx, params, classes, 1)
-    refs, cutoffs, averages = reference_ops.build(sums, reference_ops.class_counts(classes, parity, 1),
-                                                    ctx.radius, settings.center)
+    refs, cutoffs, averages = loop.class_references(ctx, params, classes,
+                                                    reference_ops.class_counts(classes, parity, 1))
     state = loop.State(0, params, classes, np.zeros(ctx.source.count), refs, cutoffs, averages, [])
     return _run(ctx, state, False, out_dir, resume, overwrite, "rfa", {}, inputs)
 
@@ -132,4 +131,4 @@ def _initial_references(ctx, n_classes, references):
                          "classes" % (n_classes, count, count))
     rng = np.random.default_rng(ctx.settings.seed)
     chosen = np.sort(rng.choice(count, size=n_classes, replace=False))
-    return imgops.normalise(ctx.source.read(chosen), ctx.radius, chosen)
+    return imgops.normalise(ctx.correction.for_search(ctx.source.read(chosen), chosen), ctx.radius, chosen)

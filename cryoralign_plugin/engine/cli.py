@@ -113,6 +113,13 @@ def _common(parser):
                    help="center the references on their center of mass")
     g.add_argument("--use-prior", action="store_true", default=d.use_prior,
                    help="start from the input STAR's alignment")
+    g = parser.add_argument_group("CTF")
+    g.add_argument("--ctf", choices=("none", "flip", "wiener"), default=d.ctf,
+                   help="none: use the particles as they are; flip: align and average phase-flipped particles; "
+                        "wiener: align phase-flipped particles, Wiener-filtered CTF-corrected averages "
+                        "(default: automatic, wiener when the input has CTF columns, else none)")
+    g.add_argument("--ctf-intact-first-peak", action="store_true", default=d.ctf_intact_first_peak,
+                   help="take the CTF as 1 below its first peak (very high defocus, phase plate)")
     g = parser.add_argument_group("compute")
     g.add_argument("--backend", choices=("auto", "cpu", "cuda"), default=d.backend,
                    help="auto: CUDA where a usable GPU is found, else CPU (default: %(default)s)")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import images as imgops
-from . import outputs, references, search
+from . import ctf_correction, outputs, references, search
 from .errors import InputError
 from .geometry import MIRROR, PSI, SX, SY, center_offsets, polar_grid, shift_grid
 
@@ -55,6 +55,8 @@ class Context:
         self.shifts = shift_grid(settings.shift_range, settings.shift_step)
         self.offset_limit = search.offset_limit(box, self.grid)
         self.local = np.arange(source.count)[comm.local_slice(source.count)]
+        self.correction = ctf_correction.resolve(settings, source)
+        log(self.correction.describe())
 
     def batches(self):
         size = max(1, int(self.settings.batch_size))
@@ -62,7 +64,8 @@ class Context:
             yield self.local[start:start + size]
 
     def read(self, indices):
-        return imgops.normalise(self.source.read(indices), self.radius, indices)
+        """The particles as the search sees them: phase-flipped (CTF correction flip or wiener), normalised."""
+        return imgops.normalise(self.correction.for_search(self.source.read(indices), indices), self.radius, indices)
 
 
 def search_pass(ctx, refs, params):
@@ -98,6 +101,19 @@ def average_pass(ctx, params, classes, n_classes):
     for batch in ctx.batches():
         sums += ctx.backend.class_sums(ctx.read(batch), params[batch], classes[batch], batch % 2, n_classes)
     return ctx.comm.allreduce(sums)
+
+
+def class_references(ctx, params, classes, counts, max_cutoff=references.MAX_CUTOFF):
+    """References, cutoffs and averages of the particles with their new parameters and classes:
+    Wiener-filtered CTF-weighted averages with CTF correction wiener (:mod:`.ctf_correction`),
+    else averages of the particles as the search sees them."""
+    n_classes = len(counts)
+    if ctx.correction.mode == "wiener":
+        averages, curves = ctf_correction.wiener_averages(
+            *ctf_correction.wiener_pass(ctx, params, classes, n_classes), counts)
+        return references.finish(averages, curves, ctx.radius, ctx.settings.center, max_cutoff)
+    sums = average_pass(ctx, params, classes, n_classes)
+    return references.build(sums, counts, ctx.radius, ctx.settings.center, max_cutoff)
 
 
 def _angle_change(new, old):
@@ -160,10 +176,9 @@ def iterate(ctx, state, reseed, out_dir=None):
         if reseed and n_classes > 1:
             classes, events = references.reseed_starved(classes, scores, n_classes, min_members)
         parity = np.arange(len(classes)) % 2
-        sums = average_pass(ctx, params, classes, n_classes)
         counts = references.class_counts(classes, parity, n_classes)
         cap = references.cutoff_cap(iteration) if n_classes > 1 else references.MAX_CUTOFF
-        refs, cutoffs, averages = references.build(sums, counts, ctx.radius, settings.center, cap)
+        refs, cutoffs, averages = class_references(ctx, params, classes, counts, cap)
         row = {"iteration": iteration}
         row.update(_summary(ctx, state, params, classes, scores, time.perf_counter() - start))
         row["class_sizes"] = counts.sum(axis=1).tolist()

@@ -42,15 +42,20 @@ def build(sums, counts, radius, center, max_cutoff=MAX_CUTOFF):
     half = halves(sums, counts)
     total = counts.sum(axis=1)
     averages = (sums.sum(axis=1) / imgops.FIXED_POINT / np.maximum(total, 1)[:, None, None]).astype(np.float32)
-    box = sums.shape[-1]
+    curves = [imgops.frc(half[k, 0], half[k, 1]) if counts[k].min() > 0 else None for k in range(len(averages))]
+    return finish(averages, curves, radius, center, max_cutoff)
+
+
+def finish(averages, curves, radius, center, max_cutoff=MAX_CUTOFF):
+    """References and filter cutoffs from class averages and their half-set FRC curves (rings
+    ``0..n//2``; None for a class without both halves: filtered at :data:`MIN_CUTOFF`), as
+    :func:`build` makes them; returns ``(references, cutoffs, averages)``."""
+    box = averages.shape[-1]
     mask = imgops.circular_mask(box, radius)
     refs = np.empty_like(averages)
     cutoffs = np.empty(len(averages))
     for k, avg in enumerate(averages):
-        if counts[k].min() > 0:
-            cutoff = imgops.frc_cutoff(imgops.frc(half[k, 0], half[k, 1]))
-        else:
-            cutoff = MIN_CUTOFF
+        cutoff = MIN_CUTOFF if curves[k] is None else imgops.frc_cutoff(curves[k])
         cutoffs[k] = np.clip(cutoff, MIN_CUTOFF, max_cutoff)
         ref = imgops.lowpass_tanh(avg, cutoffs[k])
         ref = np.where(mask, ref - ref[mask].mean(), 0.0).astype(np.float32)

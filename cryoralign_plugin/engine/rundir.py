@@ -54,7 +54,7 @@ import shutil
 import numpy as np
 
 from .. import __version__
-from . import outputs
+from . import ctf_correction, outputs
 from .errors import InputError
 from .files import check_output_dir, json_text, read_json, write_json
 
@@ -153,6 +153,7 @@ def manifest(command, settings, source, radius, n_classes, start):
             continue
         chosen[name] = getattr(settings, name)
     chosen["radius"] = int(radius)
+    chosen["ctf"] = ctf_correction.resolve_mode(settings.ctf, getattr(source, "ctf", None) is not None)[0]
     if command == "mra":
         chosen["min_members"] = int(settings.resolved_min_members(source.count, n_classes))
         chosen["balanced_iterations"] = int(settings.resolved_balanced_iterations())

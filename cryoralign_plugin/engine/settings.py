@@ -39,6 +39,8 @@ class Settings:
     threads: Optional[int] = None  # CPU threads per rank; None: all cores
     gpu: Optional[list] = None     # GPU ids (MPI rank i uses gpu[i % n]); None: GPU 0
     exhaustive: bool = False       # scan every (shift, mirror) at full resolution, no screening stage
+    ctf: Optional[str] = None      # none | flip | wiener; None: wiener when the input has CTF columns, else none
+    ctf_intact_first_peak: bool = False  # CTF = 1 below its first peak (RELION's --ctf_intact_first_peak)
 
     def check(self):
         """InputError naming the flag and the fix for the first unusable value (nothing is read before).

@@ -1,0 +1,300 @@
+"""engine.ctf_correction: the CTF modes, phase-flipped particles for the search, Wiener class averages.
+
+Oracles are independent of the code under test: :func:`ctf.ctf_images` (the CTF), ``images.transform``
+applied to a CTF-modulated image (the class-frame CTF), ``ctf.phase_flip`` (the flip), the same
+particles made without CTF (the amplitudes a correct average must restore) and the true views
+(classification).
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cryoralign_plugin.engine import align, cli, ctf, ctf_correction as cc, loop, outputs, parallel, references
+from cryoralign_plugin.engine import images as imgops
+from cryoralign_plugin.engine import synthetic
+from cryoralign_plugin.engine.backends import get_backend
+from cryoralign_plugin.engine.errors import InputError
+from cryoralign_plugin.engine.mrc import read_stack
+from cryoralign_plugin.engine.settings import Settings
+from cryoralign_plugin.engine.sources import ArraySource
+
+quiet = lambda *_: None
+REQUIRED = ["--particles", "p.star", "--out", "out"]
+
+
+def columns_of(truth, **changes):
+    values = {key: truth[key] for key in synthetic.CTF_KEYS}
+    values.update(changes)
+    return ctf.CtfColumns(**values, pixel_size=truth["pixel_size"])
+
+
+def ctf_particles(views, n, snr, seed, **sim):
+    """CTF particles (``CtfSimulation(**sim)``), their classes, parameters and CtfColumns."""
+    images, classes, params, truth = synthetic.make_particles(views, n, snr=snr, seed=seed,
+                                                              ctf=synthetic.CtfSimulation(**sim))
+    return images, classes, params, columns_of(truth)
+
+
+def context(images, columns, mode, threads=2, pixel_size=None, **settings):
+    source = ArraySource(images, pixel_size=pixel_size, ctf=columns)
+    return loop.Context(source, Settings(ctf=mode, threads=threads, **settings), parallel.Serial(),
+                        get_backend("cpu", threads), quiet)
+
+
+@pytest.fixture(scope="module")
+def small():
+    """120 CTF particles of 3 views, 48 px at 2.5 A/px (defocus 0.8-3 um, 5% astigmatism)."""
+    views = synthetic.slicem_references(3, 48, seed=2)
+    return (views,) + ctf_particles(views, 120, 1.0, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CTF on the grid and in the class frame
+
+@pytest.mark.parametrize("intact,phase,bfactor", [(False, 0.0, 0.0), (True, 0.0, 0.0), (False, 35.0, 60.0),
+                                                   (True, 80.0, 20.0)])
+def test_the_fast_ctf_is_ctf_images(intact, phase, bfactor):
+    rng = np.random.default_rng(0)
+    n = 50
+    du = rng.uniform(3e3, 4e4, n)
+    cols = ctf.CtfColumns(du, du * rng.uniform(0.8, 1.0, n), rng.uniform(-180, 360, n), rng.choice([200., 300.], n),
+                          rng.uniform(0, 4, n), rng.uniform(0, 0.3, n), phase, bfactor, False,
+                          rng.choice([1.0, 1.7], n))
+    corr = cc.Correction("wiener", cols, 40, None, intact)
+    got = corr.ctfs(np.arange(n))
+    want = cols.images(np.arange(n), 40, intact_first_peak=intact)
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
+
+
+def _best_angle(power, band, ctf_args, box, pixel_size):
+    """The astigmatism angle (0.5 deg grid) whose CTF^2 correlates best with ``power`` in ``band``."""
+    angles = np.arange(0, 180, 0.5)
+    du, dv = ctf_args
+    model = ctf.ctf_images(du, dv, angles, 300.0, 2.7, 0.1, box=box, pixel_size=pixel_size) ** 2
+    scores = [np.corrcoef(power[band], m[band])[0, 1] for m in model]
+    return angles[int(np.argmax(scores))], max(scores)
+
+
+@pytest.mark.parametrize("params", [(40, 0, 0, 0), (-75, 1.5, -2, 0), (0, 0, 0, 1), (123, -1, 2.5, 1),
+                                    (200, 0.5, 0.5, 1)])
+def test_the_class_frame_ctf_is_the_ctf_with_its_angle_moved(params):
+    # an astigmatic CTF-modulated blob, moved by images.transform: its power spectrum must be the
+    # CTF^2 with the angle class_frame_angles gives (alpha - psi; psi - alpha when mirrored)
+    box, px, du, dv, alpha = 128, 2.0, 16000.0, 10000.0, 30.0
+    f = np.hypot(np.fft.fftfreq(box)[:, None], np.fft.rfftfreq(box)[None, :])
+    blob = np.exp(-(f / 0.15) ** 2)
+    modulated = ctf.ctf_images(du, dv, alpha, 300.0, 2.7, 0.1, box=box, pixel_size=px)[0] * blob
+    image = np.fft.fftshift(np.fft.irfft2(modulated, s=(box, box))).astype(np.float32)
+    p = np.array([params], np.float64)
+    power = np.abs(np.fft.rfft2(imgops.transform(image[None], p)[0])) ** 2 / blob ** 2
+    band = (f > 0.04) & (f < 0.3)
+    best, score = _best_angle(power, band, (du, dv), box, px)
+    rule = cc.class_frame_angles([alpha], p)[0] % 180
+    assert abs((best - rule + 90) % 180 - 90) <= 0.5, (best, rule)
+    assert score > 0.98
+    wrong = (alpha + params[0]) % 180                # the other sense of rotation
+    if abs((wrong - rule + 90) % 180 - 90) > 5:
+        assert abs((best - wrong + 90) % 180 - 90) > 5
+
+
+def test_weights_are_the_fixed_point_sums_of_class_frame_ctf2_whatever_the_threads():
+    rng = np.random.default_rng(1)
+    n, k, box = 37, 3, 32
+    du = rng.uniform(5e3, 3e4, n)
+    cols = ctf.CtfColumns(du, du * 0.9, rng.uniform(0, 180, n), 300.0, 2.7, 0.1, 0.0, 0.0, False, 2.0)
+    params = np.column_stack([rng.uniform(0, 360, n), rng.uniform(-2, 2, (n, 2)), rng.integers(0, 2, n)])
+    classes = rng.integers(-1, k, n)
+    parity = np.arange(n) % 2
+    want = np.zeros((k, 2, box, box // 2 + 1), np.int64)
+    angles = np.where(params[:, 3] > 0.5, params[:, 0] - cols.defocus_angle, cols.defocus_angle - params[:, 0])
+    squared = ctf.ctf_images(cols.defocus_u, cols.defocus_v, angles, 300.0, 2.7, 0.1, box=box,
+                             pixel_size=2.0).astype(np.float64) ** 2
+    for i in np.flatnonzero(classes >= 0):
+        want[classes[i], parity[i]] += np.rint(squared[i] * imgops.FIXED_POINT).astype(np.int64)
+    got = {t: cc.Correction("wiener", cols, box, None, threads=t).weights(np.arange(n), params, classes, parity, k)
+           for t in (1, 3)}
+    np.testing.assert_array_equal(got[1], got[3])
+    # the kernel's CTF equals ctf_images to float32 rounding, so a few units of 2^-24 may differ
+    assert np.abs(got[1] - want).max() <= 8 * n
+
+
+# ---------------------------------------------------------------------------------------------
+# Modes, flags, messages
+
+@pytest.mark.parametrize("requested,has_ctf,mode,reason", [
+    (None, True, "wiener", "the input has CTF columns"),
+    (None, False, "none", "the input has no CTF columns"),
+    ("none", True, "none", "--ctf none"),
+    ("none", False, "none", "--ctf none"),
+    ("flip", True, "flip", "--ctf flip"),
+    ("wiener", True, "wiener", "--ctf wiener"),
+])
+def test_the_mode_resolves(requested, has_ctf, mode, reason):
+    assert cc.resolve_mode(requested, has_ctf) == (mode, reason)
+
+
+@pytest.mark.parametrize("mode", ["flip", "wiener"])
+def test_a_correction_on_data_without_ctf_is_an_input_error(mode):
+    with pytest.raises(InputError) as err:
+        cc.resolve_mode(mode, False)
+    assert str(err.value) == ("--ctf %s needs CTF columns (rlnDefocusU, ...) in the input: add them or use "
+                              "--ctf none" % mode)
+    images = np.random.default_rng(0).standard_normal((6, 32, 32)).astype(np.float32)
+    with pytest.raises(InputError, match="needs CTF columns"):
+        align.align_reference_free(images, iterations=1, ctf=mode, log=quiet)
+
+
+def test_an_unknown_mode_is_an_input_error():
+    with pytest.raises(InputError, match="use none, flip or wiener"):
+        cc.resolve_mode("full", True)
+
+
+def test_the_flags_set_the_settings():
+    parse = lambda *a: cli.settings_from(cli.build_parser().parse_args(list(a)))
+    assert parse("rfa", *REQUIRED).ctf is None
+    assert parse("rfa", *REQUIRED).ctf_intact_first_peak is False
+    assert parse("mra", *REQUIRED, "--classes", "2", "--ctf", "flip").ctf == "flip"
+    assert parse("rfa", *REQUIRED, "--ctf", "none").ctf == "none"
+    assert parse("rfa", *REQUIRED, "--ctf-intact-first-peak").ctf_intact_first_peak is True
+    with pytest.raises(SystemExit):
+        parse("rfa", *REQUIRED, "--ctf", "full")
+
+
+def test_the_log_says_which_correction_and_why(small):
+    views, images, classes, params, cols = small
+    for ctf_columns, mode, line in [
+            (cols, None, "CTF correction: wiener (the input has CTF columns)"),
+            (cols, "flip", "CTF correction: flip (--ctf flip)"),
+            (cols, "none", "CTF correction: none (--ctf none)"),
+            (None, None, "CTF correction: none (the input has no CTF columns)")]:
+        lines = []
+        align.align_reference_free(ArraySource(images, ctf=ctf_columns), iterations=1, ctf=mode, log=lines.append)
+        assert line in lines
+
+
+def test_intact_first_peak_reaches_the_ctf(small):
+    views, images, classes, params, cols = small
+    ctx = context(images, cols, "wiener", ctf_intact_first_peak=True)
+    assert ctx.correction.intact_first_peak
+    np.testing.assert_allclose(ctx.correction.ctfs([0, 5]), cols.images([0, 5], 48, intact_first_peak=True),
+                               atol=2e-6)
+    lines = []
+    align.align_reference_free(ArraySource(images, ctf=cols), iterations=1, ctf_intact_first_peak=True,
+                               log=lines.append)
+    assert any(line.startswith("CTF correction: wiener") and "first peak" in line for line in lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The search sees phase-flipped particles, flipped once
+
+def test_the_search_reads_phase_flipped_particles_normalised_after_the_flip(small):
+    views, images, classes, params, cols = small
+    ctx = context(images, cols, "wiener")
+    batch = np.arange(10, 30)
+    ctfs = cols.images(batch, 48)
+    want = imgops.normalise(ctf.phase_flip(images[batch], ctfs), ctx.radius)
+    np.testing.assert_allclose(ctx.read(batch), want, atol=2e-4)
+    assert np.abs(ctx.read(batch) - imgops.normalise(images[batch], ctx.radius)).max() > 0.5  # it did flip
+    np.testing.assert_array_equal(context(images, cols, "none").read(batch),
+                                  imgops.normalise(images[batch], ctx.radius))
+
+
+def test_already_flipped_particles_are_never_flipped_twice(small):
+    views, images, classes, params, cols = small
+    n = len(images)
+    done = np.arange(n) % 3 == 0                     # a third of the data arrive phase-flipped
+    ctfs = cols.images(np.arange(n), 48)
+    given = images.copy()
+    given[done] = ctf.phase_flip(images[done], ctfs[done])
+    marked = columns_of({**{k: getattr(cols, k) for k in synthetic.CTF_KEYS}, "pixel_size": 2.5},
+                        phase_flipped=done)
+    ctx = context(given, marked, "flip")
+    read = ctx.read(np.arange(n))
+    # the flipped ones are read exactly as given; the others flipped; all match the flipped originals
+    np.testing.assert_array_equal(read[done], imgops.normalise(given[done], ctx.radius))
+    reference = context(images, cols, "flip").read(np.arange(n))
+    np.testing.assert_allclose(read, reference, atol=5e-4)
+    assert "40 of 120 particles are already phase-flipped" in ctx.correction.describe()
+    # the Wiener averages of the two inputs agree too (|CTF| times flipped = CTF times unflipped)
+    counts = references.class_counts(classes, np.arange(n) % 2, 3)
+    a = loop.class_references(context(given, marked, "wiener"), params, classes, counts)[2]
+    b = loop.class_references(context(images, cols, "wiener"), params, classes, counts)[2]
+    assert np.abs(a - b).max() < 0.02 * np.abs(b).max()
+
+
+def test_mode_none_is_the_run_without_ctf_bit_for_bit(small):
+    views, images, classes, params, cols = small
+    same = dict(n_classes=3, iterations=3, balanced_iterations=1, log=quiet)
+    with_ctf = align.align_multi_reference(ArraySource(images, ctf=cols), ctf="none", **same)
+    without = align.align_multi_reference(ArraySource(images), **same)
+    for field in ("classes", "params", "scores", "averages", "references", "cutoffs"):
+        np.testing.assert_array_equal(getattr(with_ctf, field), getattr(without, field))
+
+
+def test_flip_averages_are_plain_averages_of_the_flipped_particles(small):
+    views, images, classes, params, cols = small
+    n = len(images)
+    ctx = context(images, cols, "flip")
+    counts = references.class_counts(classes, np.arange(n) % 2, 3)
+    got = loop.class_references(ctx, params, classes, counts)
+    flipped = imgops.normalise(ctf.phase_flip(images, cols.images(np.arange(n), 48)), ctx.radius)
+    sums = imgops.class_sums(flipped, params, classes, np.arange(n) % 2, 3)
+    want = references.build(sums, counts, ctx.radius, False)
+    np.testing.assert_allclose(got[2], want[2], atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiener averages restore the amplitudes
+
+def _rings(box):
+    return imgops.radial_index(box).ravel()
+
+
+def _gain(image, view):
+    """Per ring, the amplitude of ``image`` along ``view``: Re sum(A conj V) / sum |V|^2."""
+    box = view.shape[-1]
+    a, v = np.fft.rfft2(image).ravel(), np.fft.rfft2(view).ravel()
+    rings = _rings(box)
+    return (np.bincount(rings, (a * np.conj(v)).real) / np.bincount(rings, np.abs(v) ** 2))[:box // 2 + 1]
+
+
+def _power(image):
+    box = image.shape[-1]
+    rings = _rings(box)
+    return (np.bincount(rings, np.abs(np.fft.rfft2(image).ravel()) ** 2) / np.bincount(rings))[:box // 2 + 1]
+
+
+def test_wiener_averages_restore_the_amplitudes_that_flipping_leaves_ctf_weighted():
+    # noise-free CTF particles of one view (defocus 0.8-3 um, 10% astigmatism, CTF applied on the
+    # box), averaged with their TRUE parameters; the yardstick is the average of the same particles
+    # made without CTF (same parameters, so the same interpolation), up to one scale factor (each
+    # particle is normalised, and CTF particles have less variance).
+    box, n = 64, 200
+    view = synthetic.slicem_references(1, box, seed=3)
+    sim = dict(pixel_size=2.0, defocus_range=(0.8, 3.0), astigmatism=0.1, pad=1)
+    images, classes, params, cols = ctf_particles(view, n, float("inf"), 5, **sim)
+    clean, _, same_params = synthetic.make_particles(view, n, snr=float("inf"), seed=5)
+    np.testing.assert_array_equal(params, same_params)
+    counts = references.class_counts(classes, np.arange(n) % 2, 1)
+    average = {mode: loop.class_references(context(images, cols, mode), params, classes, counts)[2][0]
+               for mode in ("wiener", "flip")}
+    yardstick = loop.class_references(context(clean, None, "none"), params, classes, counts)[2][0]
+    ctx = context(images, cols, "wiener")
+    _, curves = cc.wiener_averages(*cc.wiener_pass(ctx, params, classes, 1), counts)
+    rings = np.arange(box // 2 + 1)
+    used = (rings >= 1) & (rings <= 28) & (curves[0] > 0.9)
+    assert used.sum() == 28
+    g0, p0 = _gain(yardstick, view[0]), _power(yardstick)
+
+    def deviation(values, reference):
+        ratio = values[used] / reference[used]
+        return np.abs(ratio / np.median(ratio) - 1).max()
+    gain_dev = {m: deviation(_gain(a, view[0]), g0) for m, a in average.items()}
+    power_dev = {m: deviation(_power(a), p0) for m, a in average.items()}
+    # measured over rings 1..28 (FRC > 0.9 everywhere): wiener gain within 0.084 of flat, power within
+    # 0.17; flip gain off by 0.70 and power by 0.91 (the lowest rings, where the CTF is ~Q0 = 0.1)
+    assert gain_dev["wiener"] < 0.12 and power_dev["wiener"] < 0.25, (gain_dev, power_dev)
+    assert gain_dev["flip"] > 0.5 and power_dev["flip"] > 0.5, (gain_dev, power_dev)
