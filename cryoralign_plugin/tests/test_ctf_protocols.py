@@ -183,6 +183,26 @@ class TestCtfClassify(BaseTest):
         cls.star = getCtfDataSet().getFile("star")
         cls.imp = importRelion(cls, cls.star)
 
+    def readLog(self, prot):
+        with open(prot.getStdoutLog()) as f:
+            return f.read()
+
+    def test_phaseFlippedParticlesAreNotFlippedAgain(self):
+        flipped = importRelion(self, self.star, phaseFlipped=True, label="import flipped")
+        prot = self.launchProtocol(self.newProtocol(
+            CryoralignProtClassify2D, inputParticles=flipped.outputParticles, useGpu=False,
+            numberOfClasses=2, numberOfIterations=1, maximumShift=2, ctfCorrection=CTF_WIENER))
+        optics = Table(fileName=prot._getExtraPath(INPUT_DIR, INPUT_STAR), tableName="optics")
+        self.assertEqual(optics[0].rlnCtfDataArePhaseFlipped, 1)
+        log = self.readLog(prot)
+        self.assertIn("--ctf wiener", log)
+        self.assertIn("CTF correction: wiener (", log)
+        self.assertIn("%d of %d particles are already phase-flipped (rlnCtfDataArePhaseFlipped): not "
+                      "flipped again" % (N_PARTICLES, N_PARTICLES), log)
+        self.assertIn("the input being phase-flipped already (not flipped again)",
+                      " ".join(prot.summary()))
+        self.assertIn("The particles had been phase-flipped", prot.methods()[0])
+
     def test_classifyWithCtf(self):
         parts = self.imp.outputParticles
         prot = self.launchProtocol(self.newProtocol(
@@ -204,11 +224,12 @@ class TestCtfClassify(BaseTest):
                                    [VOLTAGE, CS, Q0, SAMPLING])
         self.assertEqual(optics[0].rlnCtfDataArePhaseFlipped, 0)
 
-        # The log says which correction was used.
-        with open(prot.getStdoutLog()) as f:
-            log = f.read()
+        # The log says which correction was used: the protocol's sentence and the engine's line.
+        log = self.readLog(prot)
         sentence = "CTF correction: Wiener-filtered class averages of phase-flipped particles."
         self.assertIn(sentence, log)
+        self.assertIn("CTF correction: wiener (the input has CTF columns)", log)
+        self.assertNotIn("--ctf ", log)   # Automatic: left to the engine
         self.assertIn(sentence, prot.summary())
         self.assertIn("Wiener-filtered CTF-weighted sums", prot.methods()[0])
 
