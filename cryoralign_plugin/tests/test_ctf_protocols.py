@@ -249,3 +249,19 @@ class TestCtfClassify(BaseTest):
             self.assertTrue(np.isfinite(data).all() and data.std() > 0)
             members += cls.getSize()
         self.assertEqual(members, N_PARTICLES)
+
+    def test_continueKeepsTheCtfSettings(self):
+        """A continued run takes the CTF settings of the run it continues (the engine checks them)."""
+        params = dict(inputParticles=self.imp.outputParticles, useGpu=False, numberOfClasses=2,
+                      maximumShift=2)
+        first = self.launchProtocol(self.newProtocol(
+            CryoralignProtClassify2D, objLabel="flip", numberOfIterations=1, ctfCorrection=CTF_FLIP,
+            **params))
+        again = self.launchProtocol(self.newProtocol(
+            CryoralignProtClassify2D, objLabel="flip continued", numberOfIterations=2,
+            doContinue=True, continueRun=first, **params))   # its own form says Automatic
+        log = self.readLog(again)
+        self.assertIn("--ctf flip", log)
+        self.assertIn("CTF correction: flip", log)
+        self.assertIn("CTF correction: phase flip only", " ".join(again.summary()))
+        self.assertGreaterEqual(again.outputClasses.getSize(), 1)
