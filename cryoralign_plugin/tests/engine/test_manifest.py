@@ -202,7 +202,7 @@ def test_hidden_files_do_not_make_a_folder_foreign(data, tmp_path):
 
 def test_a_failed_run_leaves_its_manifest_and_nothing_that_looks_like_a_result(data, tmp_path):
     images = read_stack(str(data / "particles.mrcs")).copy()
-    images[5, 3, 3] = np.nan      # not among the images the fingerprint samples: found in iteration 1
+    images[5, 3, 3] = np.nan      # found in iteration 1
     out = tmp_path / "out"
     with pytest.raises(InputError, match="NaN"):
         mra(ArraySource(images), out)
