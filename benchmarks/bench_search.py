@@ -60,7 +60,7 @@ def mpi_speedup(n, box):
             out = os.path.join(tmp, str(ranks))
             cmd = [mpirun, "-n", str(ranks), sys.executable, "-m", "cryoralign_plugin.engine.cli", "mra",
                    "--particles", os.path.join(tmp, "particles.star"), "--out", out, "--classes", "10",
-                   "--iterations", "3", "--threads", "1", "--radius", "27"]
+                   "--iterations", "3", "--threads", "1", "--radius", "27", "--overwrite"]
             subprocess.run(cmd, capture_output=True, check=True)  # fills numba's cache
             start = time.perf_counter()
             subprocess.run(cmd, capture_output=True, check=True)
