@@ -42,6 +42,7 @@ from .geometry import MIRROR, PSI
 MODES = ("none", "flip", "wiener")
 FRC_MAX = 0.999           # half-set FRC clip before SSNR = 2 FRC / (1 - FRC)
 UNKNOWN_SSNR = 1.0        # per-ring SSNR assumed for a class with an empty half set (no FRC)
+CHUNK_BYTES = 64 << 20    # images filtered at a time (bounds the spectra of a large batch)
 
 # how a particle's spectrum is multiplied: by sign(CTF), CTF, |CTF|
 _SIGN, _VALUE, _MAGNITUDE = 0, 1, 2
@@ -286,11 +287,20 @@ class Correction:
         return out
 
     def _filtered(self, images, indices, kind):
-        """``images`` (float32, one per index) with their spectra times sign(CTF), CTF or |CTF|."""
-        spectra = scipy.fft.rfft2(images, workers=self.threads)
-        _multiply_spectra(spectra, self.coefficients(indices), np.ascontiguousarray(kind, np.int64),
-                          *self._grid, self.intact_first_peak)
-        return scipy.fft.irfft2(spectra, s=images.shape[-2:], workers=self.threads).astype(np.float32, copy=False)
+        """``images`` (float32, one per index) with their spectra times sign(CTF), CTF or |CTF|.
+
+        In chunks of :data:`CHUNK_BYTES` of images, which bounds the memory of the spectra of a large
+        batch (one FFT per image either way: the result does not depend on the chunking)."""
+        coef = self.coefficients(indices)
+        kind = np.ascontiguousarray(kind, np.int64)
+        out = np.empty_like(images)
+        step = max(1, CHUNK_BYTES // max(1, images[0].nbytes)) if len(images) else 1
+        for lo in range(0, len(images), step):
+            part = slice(lo, lo + step)
+            spectra = scipy.fft.rfft2(images[part], workers=self.threads)
+            _multiply_spectra(spectra, coef[part], kind[part], *self._grid, self.intact_first_peak)
+            out[part] = scipy.fft.irfft2(spectra, s=images.shape[-2:], workers=self.threads, overwrite_x=True)
+        return out
 
     # --- what the run calls ----------------------------------------------
     def for_search(self, raw, indices):
@@ -303,6 +313,8 @@ class Correction:
         todo = np.flatnonzero(~self.columns.phase_flipped[idx] & ~constant)
         if todo.size == 0:
             return raw
+        if todo.size == idx.size:
+            return self._filtered(np.ascontiguousarray(raw, np.float32), idx, np.full(idx.size, _SIGN))
         out = np.array(raw, dtype=np.float32)
         out[todo] = self._filtered(out[todo], idx[todo], np.full(todo.size, _SIGN))
         return out
