@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import images as imgops
-from . import ctf_correction, outputs, references, search
+from . import criteria, ctf_correction, outputs, references, search
 from .errors import InputError
 from .geometry import MIRROR, PSI, SX, SY, center_offsets, polar_grid, shift_grid
 
@@ -172,6 +172,7 @@ def iterate(ctx, state, reseed, out_dir=None):
         params = comm.allgather(local)
         scores = comm.allgather(cand.score[rows, choice]).astype(np.float64)
         classes = comm.allgather(choice.astype(np.int64))
+        margins = comm.allgather(criteria.margins(cand.score))
         events = []
         if reseed and n_classes > 1:
             classes, events = references.reseed_starved(classes, scores, n_classes, min_members)
@@ -184,6 +185,7 @@ def iterate(ctx, state, reseed, out_dir=None):
         row["class_sizes"] = counts.sum(axis=1).tolist()
         row["resolution_px"] = (1.0 / cutoffs).tolist()
         row["reseeded"] = events
+        row.update(criteria.class_criteria(classes, scores, margins, n_classes))
         state = State(iteration, params, classes, scores, refs, cutoffs, averages, state.history + [row])
         if out_dir is not None and comm.rank == 0:
             save(out_dir, state)

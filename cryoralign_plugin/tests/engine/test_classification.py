@@ -1,0 +1,75 @@
+"""Classification quality: the per-class criteria in the history (:mod:`engine.criteria`).
+
+A criterion that tells a poor classification from a good one: the assignment margin (best minus
+runner-up score).  Measured on the hard set (1500 SLICEM particles at SNR 0.02, 64 px, K = 10, the
+default 10 iterations) where random starts end in a poor optimum (purity 0.34 against 0.55 from the
+true views) with nearly the same mean score (0.2072 against 0.2102): the margin is 0.0134 against
+0.0163.
+"""
+import numpy as np
+import pytest
+
+from cryoralign_plugin.engine import align, criteria, synthetic
+from cryoralign_plugin.engine.settings import Settings
+
+
+def quiet(*_):
+    pass
+
+
+def test_margins_are_best_minus_runner_up():
+    scores = np.array([[0.1, 0.3, 0.2], [0.5, 0.1, 0.5], [-0.2, -0.1, -0.4]], np.float32)
+    np.testing.assert_allclose(criteria.margins(scores), [0.1, 0.0, 0.1], atol=1e-6)
+    assert criteria.margins(np.ones((3, 1))).tolist() == [0.0, 0.0, 0.0]      # one reference
+    assert criteria.margins(np.empty((0, 4), np.float32)).shape == (0,)       # a rank without particles
+
+
+def test_class_criteria_are_means_over_members():
+    classes = np.array([0, 0, 2, 2, 2])
+    scores = np.array([0.1, 0.3, 0.2, 0.4, 0.6])
+    margins = np.array([0.01, 0.03, 0.0, 0.03, 0.06])
+    row = criteria.class_criteria(classes, scores, margins, 4)
+    np.testing.assert_allclose(row["class_mean_scores"], [0.2, 0.0, 0.4, 0.0])
+    np.testing.assert_allclose(row["class_margins"], [0.02, 0.0, 0.03, 0.0])
+    assert row["mean_margin"] == pytest.approx(0.026)
+
+
+@pytest.fixture(scope="module")
+def two_views():
+    views = synthetic.slicem_references(2, 32, seed=1)
+    images, truth, _ = synthetic.make_particles(views, 120, snr=1.0, seed=3)
+    return images, truth
+
+
+def _run(images, **options):
+    settings = Settings(iterations=3, shift_range=2.0, **options)
+    return align.align_multi_reference(images, n_classes=2, settings=settings, log=quiet)
+
+
+def test_history_reports_the_criteria_per_class_and_overall(two_views):
+    images, _ = two_views
+    result = _run(images, threads=1)
+    for row in result.history:
+        assert len(row["class_mean_scores"]) == len(row["class_margins"]) == 2
+        assert row["mean_margin"] >= 0.0 and min(row["class_margins"]) >= 0.0
+    last = result.history[-1]
+    for k in range(2):
+        assert last["class_mean_scores"][k] == pytest.approx(result.scores[result.classes == k].mean())
+    # per-particle values gathered in input order: the same with another thread count
+    again = _run(images, threads=2)
+    for a, b in zip(result.history, again.history):
+        assert (a["mean_margin"], a["class_margins"], a["class_mean_scores"]) == \
+            (b["mean_margin"], b["class_margins"], b["class_mean_scores"])
+
+
+@pytest.mark.slow
+def test_margin_tells_the_poor_optimum_from_the_good_one():
+    """~1 min on one core: the hard set, from the true views and from random particles (seed 1)."""
+    views = synthetic.make_references("slicem", 10, 64, seed=0)
+    images, truth, _ = synthetic.make_particles(views, 1500, 0.02, seed=0)
+    oracle = align.align_multi_reference(images, references=views, settings=Settings(), log=quiet)
+    random = align.align_multi_reference(images, n_classes=10, settings=Settings(seed=1), log=quiet)
+    good, poor = synthetic.purity(oracle.classes, truth), synthetic.purity(random.classes, truth)
+    assert good > poor + 0.1                  # measured 0.55 against 0.34: a poor optimum
+    # the mean score hardly differs (0.2102 against 0.2072), the margin by a fifth (0.0163 against 0.0134)
+    assert oracle.history[-1]["mean_margin"] > 1.1 * random.history[-1]["mean_margin"]
