@@ -353,7 +353,7 @@ def wiener_pass(ctx, params, classes, n_classes):
     numerators = np.zeros((n_classes, 2, box, box), np.int64)
     weights = np.zeros((n_classes, 2, box, box // 2 + 1), np.int64)
     for batch in ctx.batches():
-        images = correction.weighted(imgops.normalise(ctx.source.read(batch), ctx.radius), batch)
+        images = correction.weighted(imgops.normalise(ctx.source.read(batch), ctx.radius, batch), batch)
         numerators += ctx.backend.class_sums(images, params[batch], classes[batch], batch % 2, n_classes)
         weights += correction.weights(batch, params[batch], classes[batch], batch % 2, n_classes)
     return ctx.comm.allreduce(numerators), ctx.comm.allreduce(weights)

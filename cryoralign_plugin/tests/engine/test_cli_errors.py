@@ -201,6 +201,20 @@ def test_a_blank_particle_is_named_by_its_number_in_the_input_not_in_its_batch()
     assert re.search(r"\b13\b", str(raised.value)) and not re.search(r"\b5\b", str(raised.value))
 
 
+def test_a_blank_particle_in_the_wiener_averages_is_named_by_its_number(tmp_path):
+    from cryoralign_plugin.engine.mrc import read_stack
+    from cryoralign_plugin.engine.sources import StarSource
+    synthetic.make_dataset(str(tmp_path), n_particles=20, box=32, n_classes=1, snr=2.0, seed=1,
+                           ctf=synthetic.CtfSimulation(defocus_range=(1.0, 2.0), pixel_size=3.0))
+    stack = read_stack(str(tmp_path / "particles.mrcs"))
+    stack[12] = 1.0   # particle 13, the 5th of the second batch: RFA's first average (wiener) meets it first
+    write_stack(str(tmp_path / "particles.mrcs"), stack, pixel_size=3.0)
+    source = StarSource.from_star(str(tmp_path / "particles.star"))
+    with pytest.raises(InputError, match="particle set") as raised:
+        align.align_reference_free(source, batch_size=8, iterations=1, ctf="wiener", **quiet)
+    assert re.search(r"\b13\b", str(raised.value)) and not re.search(r"\b5\b", str(raised.value))
+
+
 def test_a_blank_particle_drawn_as_a_reference_is_named_by_its_number():
     parts = np.random.default_rng(0).normal(size=(5, 32, 32)).astype(np.float32)
     drawn = np.sort(np.random.default_rng(0).choice(5, size=2, replace=False))  # as the engine draws (seed 0)
