@@ -6,6 +6,7 @@ directory, flushed to disk, then renamed onto the final name.  Bad paths raise
 :class:`~cryoralign_plugin.engine.errors.InputError` whose message names the problem *and* the fix.
 """
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -20,15 +21,21 @@ __all__ = ["atomic_path", "fsync_path", "check_output_dir", "check_readable_file
 
 
 def fsync_path(path):
-    """Flush a file or a directory to disk (best effort where the OS does not allow it)."""
+    """Flush a file or a directory to disk.
+
+    A file whose flush fails (EIO, ENOSPC, ...) raises: renaming it into place would publish data that
+    never reached the disk.  Directories, and file systems that cannot fsync at all (EINVAL), are best
+    effort.
+    """
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP) and not os.path.isdir(path):
+            raise
     finally:
         os.close(fd)
 

@@ -1,10 +1,11 @@
 """Tests for atomic files (cryoralign_plugin.engine.files): atomic_path, JSON, the output directory check."""
+import errno
 import os
 
 import numpy as np
 import pytest
 
-from cryoralign_plugin.engine.errors import InputError
+from cryoralign_plugin.engine.errors import InputError, OutputError
 from cryoralign_plugin.engine.files import atomic_path, check_output_dir, read_json, write_json
 
 
@@ -50,3 +51,23 @@ def test_check_output_dir(tmp_path):
         check_output_dir(blocker)
     with pytest.raises(InputError, match="cannot write to output directory"):
         check_output_dir(blocker / "sub")
+
+
+def test_a_failed_flush_never_publishes_the_file(tmp_path, monkeypatch):
+    """An I/O error while flushing a file (the data may never reach the disk) leaves the old content."""
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    real_fsync = os.fsync
+
+    def failing_fsync(fd):
+        if not os.path.isdir("/proc/self/fd/%d" % fd):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OutputError, match="out.txt"):
+        with atomic_path(target) as tmp:
+            with open(tmp, "w") as f:
+                f.write("new")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["out.txt"]
