@@ -147,19 +147,28 @@ def search(backend, images, offsets, prepared, grid):
 
 
 def candidate_params(candidates, choice, shifts, grid):
-    """Alignment parameters ``(P, 4)`` for the chosen reference of each particle.
+    """Alignment parameters ``(P, 4)`` for the chosen reference of each particle (see
+    :func:`match_params`)."""
+    rows = np.arange(len(choice))
+    return match_params(candidates.angle[rows, choice], candidates.mirror[rows, choice],
+                        shifts[candidates.shift[rows, choice]], candidates.offsets, grid)
+
+
+def match_params(angle, mirror, t, offsets, grid):
+    """Alignment parameters ``(P, 4)`` of matches at peak positions ``angle`` (samples of
+    ``grid.maxrin``), ``mirror`` flags and trial shifts ``t`` ``(P, 2)`` of particles searched
+    around center offsets ``offsets``.
 
     With particle offset ``d``, trial shift ``t`` and angle ``psi``: straight ``t_E = -R d - t``;
     mirrored ``t_E = -R d - M t`` (see the module docstring for the angle).
     """
-    rows = np.arange(len(choice))
-    j = candidates.angle[rows, choice].astype(np.float64) * 360.0 / grid.maxrin
-    mirror = candidates.mirror[rows, choice].astype(bool)
-    t = shifts[candidates.shift[rows, choice]].copy()
+    j = np.asarray(angle).astype(np.float64) * 360.0 / grid.maxrin
+    mirror = np.asarray(mirror).astype(bool)
+    t = np.array(t, np.float64)
     psi = np.where(mirror, 180.0 - j, j) % 360.0
     t[mirror, 0] *= -1.0
-    out = np.empty((len(choice), 4))
+    out = np.empty((len(j), 4))
     out[:, PSI] = psi
-    out[:, [SX, SY]] = -np.einsum("nij,nj->ni", rotation(psi), candidates.offsets) - t
+    out[:, [SX, SY]] = -np.einsum("nij,nj->ni", rotation(psi), offsets) - t
     out[:, MIRROR] = mirror
     return out
