@@ -98,6 +98,9 @@ def _common(parser):
                    help="px, searched each iteration (default: %(default)s)")
     g.add_argument("--shift-step", type=float, default=d.shift_step,
                    help="px, sub-pixel steps allowed (default: %(default)s)")
+    g.add_argument("--no-refine-shifts", dest="refine_shifts", action="store_false", default=d.refine_shifts,
+                   help="keep the shifts on the search grid (default: refine each particle's shift and angle "
+                        "off the grid, against its chosen reference)")
     g.add_argument("--no-mirror", dest="mirror", action="store_false", default=d.mirror,
                    help="do not search mirrored particles")
     g.add_argument("--exhaustive", action="store_true", default=d.exhaustive,

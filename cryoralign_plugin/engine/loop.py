@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import images as imgops
-from . import criteria, ctf_correction, outputs, references, search
+from . import criteria, ctf_correction, outputs, references, refine, search
 from .errors import InputError
 from .geometry import MIRROR, PSI, SX, SY, center_offsets, polar_grid, shift_grid
 
@@ -169,8 +169,11 @@ def iterate(ctx, state, reseed, out_dir=None):
             choice = np.argmax(cand.score, axis=1)  # ties: the lowest class number
         local = search.candidate_params(cand, choice, ctx.shifts, ctx.grid)
         rows = np.arange(len(choice))
+        local_scores = cand.score[rows, choice].astype(np.float64)
+        if settings.refine_shifts:
+            local, local_scores = refine.refine_pass(ctx, state.references, cand, choice, local, local_scores)
         params = comm.allgather(local)
-        scores = comm.allgather(cand.score[rows, choice]).astype(np.float64)
+        scores = comm.allgather(local_scores)
         classes = comm.allgather(choice.astype(np.int64))
         margins = comm.allgather(criteria.margins(cand.score))
         events = []

@@ -25,6 +25,7 @@ class Settings:
     ring_step: int = 1
     shift_range: float = 3.0       # px, searched on a square grid around the current center
     shift_step: float = 1.0        # px, sub-pixel steps allowed
+    refine_shifts: bool = True     # refine each shift (and angle) off the grid around its best grid point
     mirror: bool = True
     iterations: int = 10
     auto_stop: bool = False        # stop once fewer than stop_fraction of the particles change
