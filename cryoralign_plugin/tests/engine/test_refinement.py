@@ -5,7 +5,9 @@ search with and without the refinement (``refine_shifts``).  Measured here (10 S
 radius 27, shift grid +-3 px step 1): median shift error 0.42 px on the grid -> 0.13 px refined at
 SNR 1, 0.69 -> 0.61 px at SNR 0.05, 0.43 -> 0.01 px without noise.  At SNR 0.05 the error is set by
 the noise, not by the grid: the exact maximum of the same correlation on a 0.1 px grid is no closer
-to the truth (~0.6 px), so the refinement cannot reach the 0.4 px once hoped for at that SNR.
+to the truth (0.63 px over 600 particles), so no local refinement reaches the 0.4 px once hoped for at
+that SNR.  Angles: 0.73 -> 0.35 deg at SNR 1; at SNR 0.05 the same within the noise (1.93 -> 1.79 deg
+here, the other way by ~0.1 deg on other draws).
 """
 import numba
 import numpy as np
@@ -84,7 +86,8 @@ def test_shifts_at_snr_005(snr005):
     grid_angle = angle_error(snr005["grid"].params, truth)[ok]
     refined_angle = angle_error(snr005["refined"].params, truth)[ok]
     assert np.median(refined_angle) <= np.median(grid_angle)   # 1.79 vs 1.93 deg
-    assert refined_angle.mean() <= grid_angle.mean()           # 2.55 vs 2.59 deg
+    # the mean (2.55 vs 2.59 deg) within two standard errors of the paired difference (~0.025 deg)
+    assert refined_angle.mean() <= grid_angle.mean() + 0.05
 
 
 @pytest.mark.parametrize("case", ["snr1", "snr005"])
