@@ -4,7 +4,8 @@ One iteration = the search pass (wiener: particles phase-flipped when read) + th
 (none: plain class sums; wiener: CTF-multiplied class sums + the class-frame CTF^2 sums + the Wiener
 filter).  Defaults: 2000 CTF particles of 64 px, K = 10 and K = 50, the machine's cores.  Each
 configuration runs ``--repeats`` times, interleaved: the overhead is given from the fastest runs and
-as the median over adjacent (none, wiener) pairs (the machine may be shared).  Also times the CTF pieces alone: evaluating a batch's CTFs, the flip, the
+as the median over adjacent (none, wiener) pairs, and from the CPU seconds of all threads (steadier
+when the machine is shared).  Also times the CTF pieces alone: evaluating a batch's CTFs, the flip, the
 CTF-multiplied images and the W sums.  Prints a table and one JSON line.
 Usage: python benchmarks/bench_ctf.py [--particles 2000] [--box 64] [--classes 10 50] [--repeats 3]
 """
@@ -28,8 +29,9 @@ def context(particles, columns, mode, threads):
 
 
 def one_iteration(ctx, refs):
-    """Seconds of one MRA iteration: (total, search, class references)."""
+    """Seconds of one MRA iteration: (total, search, class references, CPU seconds of all threads)."""
     n = ctx.source.count
+    c0 = time.process_time()
     t0 = time.perf_counter()
     cand = loop.search_pass(ctx, refs, np.zeros((n, 4)))
     t1 = time.perf_counter()
@@ -38,7 +40,7 @@ def one_iteration(ctx, refs):
     counts = references.class_counts(choice, np.arange(n) % 2, len(refs))
     loop.class_references(ctx, params, choice, counts, references.MAX_CUTOFF)
     t2 = time.perf_counter()
-    return t2 - t0, t1 - t0, t2 - t1
+    return t2 - t0, t1 - t0, t2 - t1, time.process_time() - c0
 
 
 def pieces(ctx, particles, refs, repeats):
@@ -86,7 +88,8 @@ def main(argv=None):
     rows = []
     for k in args.classes:
         refs = views[:k]
-        best = {mode: (np.inf, 0, 0) for mode in contexts}
+        best = {mode: (np.inf, 0, 0, 0) for mode in contexts}
+        cpu = {mode: np.inf for mode in contexts}
         ratios = []
         for _ in range(args.repeats):
             pair = {}
@@ -94,23 +97,27 @@ def main(argv=None):
                 t = pair[mode] = one_iteration(ctx, refs)
                 if t[0] < best[mode][0]:
                     best[mode] = t
+                cpu[mode] = min(cpu[mode], t[3])
             ratios.append(pair["wiener"][0] / pair["none"][0])
         none, wiener = best["none"], best["wiener"]
         rows.append({"classes": k, "none_s": none[0], "wiener_s": wiener[0],
                      "none_search_s": none[1], "wiener_search_s": wiener[1],
                      "none_average_s": none[2], "wiener_average_s": wiener[2],
                      "overhead": wiener[0] / none[0] - 1.0,
-                     "overhead_paired_median": float(np.median(ratios)) - 1.0})
+                     "overhead_paired_median": float(np.median(ratios)) - 1.0,
+                     "none_cpu_s": cpu["none"], "wiener_cpu_s": cpu["wiener"],
+                     "overhead_cpu": cpu["wiener"] / cpu["none"] - 1.0})
     parts = pieces(contexts["wiener"], particles, views[:args.classes[0]], args.repeats)
 
     print("CTF correction cost: one MRA iteration, %d particles of %d px, %d threads (fastest of %d)"
           % (args.particles, args.box, args.threads, args.repeats))
-    print("%4s  %20s  %20s  %9s  %15s" % ("K", "none s (search+avg)", "wiener s (search+avg)", "overhead",
-                                          "paired median"))
+    print("%4s  %20s  %20s  %9s  %13s  %18s" % ("K", "none s (search+avg)", "wiener s (search+avg)", "overhead",
+                                                "paired median", "CPU s none/wiener"))
     for r in rows:
-        print("%4d  %7.3f (%.2f+%.2f)  %7.3f (%.2f+%.2f)  %+8.1f%%  %+14.1f%%" % (
+        print("%4d  %7.3f (%.2f+%.2f)  %7.3f (%.2f+%.2f)  %+8.1f%%  %+12.1f%%  %6.2f/%.2f %+5.1f%%" % (
             r["classes"], r["none_s"], r["none_search_s"], r["none_average_s"], r["wiener_s"],
-            r["wiener_search_s"], r["wiener_average_s"], 100 * r["overhead"], 100 * r["overhead_paired_median"]))
+            r["wiener_search_s"], r["wiener_average_s"], 100 * r["overhead"], 100 * r["overhead_paired_median"],
+            r["none_cpu_s"], r["wiener_cpu_s"], 100 * r["overhead_cpu"]))
     print("CTF pieces alone, all %d particles (K = %d for W):" % (args.particles, args.classes[0]))
     for name, seconds in parts.items():
         print("  %-34s %7.3f s" % (name, seconds))
