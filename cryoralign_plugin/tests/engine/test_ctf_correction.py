@@ -169,6 +169,15 @@ def test_an_unknown_mode_is_an_input_error():
         cc.resolve_mode("full", True)
 
 
+def test_a_ctf_without_a_pixel_size_is_an_input_error(small):
+    views, images, classes, params, cols = small
+    bare = ctf.CtfColumns(*(getattr(cols, k) for k in synthetic.CTF_KEYS))      # no pixel size
+    with pytest.raises(InputError, match="needs the pixel size of the images"):
+        context(images, bare, "wiener")
+    assert context(images, bare, "wiener", pixel_size=2.5).correction.pixel_size[0] == 2.5  # the source's
+    assert context(images, bare, "none").correction.mode == "none"                      # not needed
+
+
 def test_the_flags_set_the_settings():
     parse = lambda *a: cli.settings_from(cli.build_parser().parse_args(list(a)))
     assert parse("rfa", *REQUIRED).ctf is None
