@@ -2,7 +2,7 @@
 names the problem and the fix, with exit status 2, never a traceback.
 
 Here the command runs in-process (``cli.main``); whole processes (MPI, pipes, signals, file-size
-limits) are in ``tests/test_process.py``.
+limits) are in ``tests/engine/test_process.py``.
 
 Exit status 2 covers bad input *and* an output folder the run cannot write (disk full, permission
 denied, read-only file system): either way the user has to change something, and the message says

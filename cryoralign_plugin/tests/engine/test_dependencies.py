@@ -5,9 +5,10 @@ import os
 import re
 import sys
 
+from cryoralign_plugin import engine
 from cryoralign_plugin.engine import DEPENDENCIES
 
-ENGINE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine")
+ENGINE = os.path.dirname(os.path.abspath(engine.__file__))
 REQUIREMENTS = os.path.join(os.path.dirname(os.path.dirname(ENGINE)), "requirements.txt")
 
 
