@@ -85,14 +85,14 @@ def search_pass(ctx, refs, params):
             ctx.log("  searched %d of %d particles on this rank (%.0f particles/s)"
                     % (done, len(ctx.local), done / (now - start)))
             last = now
-    return search.Candidates(*[np.concatenate([getattr(p, f) for p in parts])
-                               for f in ("score", "shift", "mirror", "angle", "offsets")])
-
     if not parts:  # more ranks than particles: an empty share, in the dtypes of Backend.search
         n_refs = len(refs)
         parts.append(search.Candidates(np.empty((0, n_refs), np.float32), np.empty((0, n_refs), np.int32),
                                        np.empty((0, n_refs), np.int8), np.empty((0, n_refs), np.float32),
                                        np.empty((0, 2))))
+    return search.Candidates(*[np.concatenate([getattr(p, f) for p in parts])
+                               for f in ("score", "shift", "mirror", "angle", "offsets")])
+
 
 def average_pass(ctx, params, classes, n_classes):
     """Even/odd class sums over all ranks (fixed point, so independent of the number of ranks)."""
