@@ -392,11 +392,11 @@ def test_reference_free_alignment_of_ctf_particles_uses_the_wiener_average():
 
 
 @pytest.mark.parametrize("mode", ["flip", "wiener"])
-def test_threads_do_not_change_a_ctf_run(small, mode):
+def test_threads_and_batches_do_not_change_a_ctf_run(small, mode):
     views, images, classes, params, cols = small
-    same = dict(n_classes=3, iterations=2, balanced_iterations=1, ctf=mode, batch_size=50, log=quiet)
-    one = align.align_multi_reference(ArraySource(images, ctf=cols), threads=1, **same)
-    two = align.align_multi_reference(ArraySource(images, ctf=cols), threads=2, **same)
+    same = dict(n_classes=3, iterations=2, balanced_iterations=1, ctf=mode, log=quiet)
+    one = align.align_multi_reference(ArraySource(images, ctf=cols), threads=1, batch_size=50, **same)
+    two = align.align_multi_reference(ArraySource(images, ctf=cols), threads=2, batch_size=33, **same)
     for field in ("classes", "params", "averages", "references"):
         np.testing.assert_array_equal(getattr(one, field), getattr(two, field))
 
