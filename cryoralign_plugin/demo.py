@@ -1,11 +1,17 @@
 """``make demo``: a headless Scipion workflow on generated particles, checked against the truth.
 
-Generates the 10-view phantom (2000 particles, 64 px, SNR 0.3), then in a Scipion project under
-``demo_output/ScipionUserData/projects/cryoralign_demo``: imports the particles (and, for the
-reference-free alignment, which only makes sense on one view, the particles of view 1 as a second
-stack), aligns view 1 reference-free, classifies all particles on 2 MPI ranks, and reads the results
-back through the Scipion objects.  Writes ``summary.txt`` and the viewer's plots (PNG) to
-``demo_output/`` and says how to reopen the project.
+Generates the 10-view phantom (2000 particles, 64 px at 2.5 A/px, SNR 0.3), each particle
+modulated by its own CTF (300 kV, Cs 2.7 mm, amplitude contrast 0.1, defocus 0.8-3 um), written as a
+RELION 3.1 STAR with optics table and CTF columns.  Then in a Scipion project under
+``demo_output/ScipionUserData/projects/cryoralign_demo``: imports the particles with pwem's RELION
+importer (the ``scipion-em-relion`` plugin), so that the set carries each particle's CTF (and, for
+the reference-free alignment, which only makes sense on one view, the particles of view 1 as a
+second STAR and stack), aligns view 1 reference-free, classifies all particles on 2 MPI ranks (CTF
+correction Automatic in both, i.e. Wiener since the input has a CTF), and reads the results back
+through the Scipion objects.  The summary compares them with the truth: the alignment error, the
+purity and, after registering each class average onto its majority's true (CTF-free) view, their
+FRC-0.5 resolution and normalised correlation.  Writes ``summary.txt`` and the viewer's plots (PNG)
+to ``demo_output/`` and says how to reopen the project.
 """
 import os
 import time
@@ -14,12 +20,20 @@ import numpy as np
 
 from . import scipion_env
 from .engine import synthetic
+from .engine.images import circular_mask, fourier_shift, frc, transform
 from .engine.mrc import read_stack, write_stack
+from .engine.star import read_star, write_star
 
 OUT = os.path.abspath("demo_output")
 USER_DATA = os.path.join(OUT, "ScipionUserData")
 PROJECT = "cryoralign_demo"
-N_PARTICLES, BOX, N_CLASSES, SNR, SAMPLING = 2000, 64, 10, 0.3, 2.0
+N_PARTICLES, BOX, N_CLASSES, SNR = 2000, 64, 10, 0.3
+VOLTAGE, CS, Q0 = 300.0, 2.7, 0.1
+# 2.5 A/px: at 3 um and 300 kV a 64 px box (CTF applied padded x2) stays clear of CTF aliasing
+# (lambda * defocus < 2 * box * pixel^2, see synthetic.CtfSimulation); 2.0 A/px would alias.
+SAMPLING = 2.5
+CTF = synthetic.CtfSimulation(defocus_range=(0.8, 3.0), voltage=VOLTAGE, cs=CS, amplitude_contrast=Q0,
+                              pixel_size=SAMPLING)
 RFA_ITERATIONS, MRA_ITERATIONS, MPI = 6, 12, 2
 PLOTS = {"rfa": ["displayGallery", "displayAngles", "displayConvergence"],
          "mra": ["displayGallery", "displaySizes", "displayScores", "displayAngles", "displayShifts",
@@ -27,16 +41,32 @@ PLOTS = {"rfa": ["displayGallery", "displayAngles", "displayConvergence"],
 
 
 def make_data():
-    """The phantom data set, plus view 1 alone as ``view1/particles.mrcs``; returns the truth."""
+    """The CTF phantom data set (``data/particles.star``), plus view 1 alone as
+    ``view1/particles.star`` + ``.mrcs`` (same optics, its particles renumbered 1..n); returns the
+    two STAR files, the truth and the clean views."""
     data = os.path.join(OUT, "data")
     paths = synthetic.make_dataset(data, n_particles=N_PARTICLES, box=BOX, n_classes=N_CLASSES, snr=SNR,
-                                   seed=0, source="phantom")
+                                   seed=0, source="phantom", ctf=CTF)
     classes, truth = synthetic.read_truth(paths["truth"])
     view1 = np.flatnonzero(classes == 0)
-    os.makedirs(os.path.join(OUT, "view1"), exist_ok=True)
-    write_stack(os.path.join(OUT, "view1", "particles.mrcs"), read_stack(paths["particles"])[view1],
+    folder = os.path.join(OUT, "view1")
+    os.makedirs(folder, exist_ok=True)
+    write_stack(os.path.join(folder, "particles.mrcs"), read_stack(paths["particles"])[view1],
                 pixel_size=SAMPLING)
-    return data, os.path.join(OUT, "view1"), classes, truth, view1
+    tables = {}
+    for name in ("optics", "particles"):
+        table = read_star(paths["particles_star"], name)
+        tables[name] = (table.getColumnNames(), [tuple(row) for row in table])
+    columns, rows = tables["particles"]
+    byId = {int(row[columns.index("rlnImageId")]): row for row in rows}
+    rename = {"rlnImageId": lambda j: j, "rlnImageName": lambda j: "%06d@particles.mrcs" % j}
+    tables["particles"] = (columns, [tuple(rename[c](j) if c in rename else v
+                                           for c, v in zip(columns, byId[i + 1]))
+                                     for j, i in enumerate(view1, 1)])
+    write_star(os.path.join(folder, "particles.star"), tables)
+    views = read_stack(paths["references"])
+    return (paths["particles_star"], os.path.join(folder, "particles.star"), classes, truth, view1,
+            views)
 
 
 def rfa_consistency(params, truth):
@@ -44,6 +74,47 @@ def rfa_consistency(params, truth):
     particles whose mirror agrees with the majority."""
     angle, _, same_mirror = synthetic.register_errors(params, truth)
     return float(np.median(angle[same_mirror])), float(same_mirror.mean())
+
+
+def register(average, view):
+    """``view`` rotated, mirrored and shifted to match ``average`` best: a scan of 2 degree steps
+    with both mirrors, then 0.25 degree steps around the best, each with the cross-correlation's
+    best integer shift refined to 0.1 px."""
+    box = average.shape[-1]
+    target = np.fft.rfft2(average)
+
+    def best_of(angles, mirror):
+        params = np.column_stack([angles, np.zeros((len(angles), 2)), np.full(len(angles), mirror)])
+        moved = transform(np.repeat(view[None], len(angles), axis=0), params)
+        corr = np.fft.irfft2(target[None] * np.conj(np.fft.rfft2(moved)), s=(box, box))
+        i = np.unravel_index(np.argmax(corr), corr.shape)
+        return corr[i], angles[i[0]], [(v + box // 2) % box - box // 2 for v in i[1:]], moved[i[0]]
+
+    coarse = max((best_of(np.arange(0.0, 360.0, 2.0), m) + (m,) for m in (0, 1)), key=lambda r: r[0])
+    _, angle, _, _, mirror = coarse
+    _, _, (dy, dx), moved = best_of(angle + np.arange(-2.0, 2.01, 0.25), mirror)
+    steps = np.arange(-0.5, 0.51, 0.1)
+    candidates = [fourier_shift(moved, dx + sx, dy + sy) for sx in steps for sy in steps]
+    return max(candidates, key=lambda c: float(np.vdot(c, average)))
+
+
+def compare_to_view(average, view):
+    """``(resolution A, normalised correlation)`` of a class average with a true view registered
+    onto it: the first ring where their FRC drops below 0.5 (Nyquist if it never does; against the
+    truth, so no half-set correction), and the correlation inside the particle's disc."""
+    moved = register(average, view)
+    curve = frc(average, moved)
+    below = np.flatnonzero(curve[1:] < 0.5)
+    frequency = 0.5 if below.size == 0 else (below[0] + 1) / BOX
+    inside = circular_mask(BOX, BOX // 2 - 2)
+    a, b = average[inside] - average[inside].mean(), moved[inside] - moved[inside].mean()
+    return SAMPLING / frequency, float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+def read_average(image):
+    """The pixels of a Scipion image (a class representative, an average) as a 2D float array."""
+    index, fn = image.getLocation()
+    return read_stack(fn)[max(index, 1) - 1].astype(np.float64)
 
 
 def engine_params(particles):
@@ -63,7 +134,8 @@ def launch(project, prot):
 
 
 def run_workflow(data, view1):
-    """Import -> RFA (view 1) and MRA (all, 2 MPI ranks); returns the project, runs and seconds."""
+    """Import (RELION STAR files, with CTF) -> RFA (view 1) and MRA (all, 2 MPI ranks), both with
+    CTF correction Automatic (their default); returns the project, runs and seconds."""
     from pwem.protocols import ProtImportParticles
     from pyworkflow.project import Manager
     from .protocols import CryoralignProtAlign2D, CryoralignProtClassify2D
@@ -74,15 +146,19 @@ def run_workflow(data, view1):
     project = manager.createProject(PROJECT)
     os.chdir(project.getPath())   # pyworkflow resolves the run paths from the project dir
 
-    def importStack(folder, label):
-        prot = project.newProtocol(ProtImportParticles, objLabel=label, filesPath=folder,
-                                   importFrom=ProtImportParticles.IMPORT_FROM_FILES,
-                                   filesPattern="particles.mrcs", samplingRate=SAMPLING)
+    def importStar(starFile, label):
+        """The relion plugin's importer: particles with their CTFModel and the acquisition."""
+        prot = project.newProtocol(ProtImportParticles, objLabel=label, starFile=starFile,
+                                   importFrom=ProtImportParticles.IMPORT_FROM_RELION,
+                                   samplingRate=SAMPLING, voltage=VOLTAGE, sphericalAberration=CS,
+                                   amplitudeContrast=Q0, magnification=10000)
         launch(project, prot)
+        if not prot.outputParticles.hasCTF():
+            raise RuntimeError("%s: the imported particles have no CTF" % label)
         return prot
 
-    allParts = importStack(data, "import: all views")
-    oneView = importStack(view1, "import: view 1")
+    allParts = importStar(data, "import: all views")
+    oneView = importStar(view1, "import: view 1")
     rfa = project.newProtocol(CryoralignProtAlign2D, objLabel="RFA of view 1", useGpu=False,
                               inputParticles=oneView.outputParticles, numberOfIterations=RFA_ITERATIONS)
     mra = project.newProtocol(CryoralignProtClassify2D, objLabel="MRA, %d MPI ranks" % MPI, useGpu=False,
@@ -92,19 +168,25 @@ def run_workflow(data, view1):
     return project, rfa, mra, seconds
 
 
-def summarize(rfa, mra, seconds, true_classes, truth, view1):
+def summarize(rfa, mra, seconds, true_classes, truth, view1, views):
     """Summary lines, measured through the Scipion output objects."""
-    _, params = engine_params(rfa.outputParticles)
-    spread, mirror_ok = rfa_consistency(params, truth[view1])
+    index, params = engine_params(rfa.outputParticles)
+    spread, mirror_ok = rfa_consistency(params, truth[view1][index])
     resolution = rfa.outputAverage._cryoralignResolution.get()
-    lines = ["cryoralign demo: %d particles, %d px, %d views, SNR %g (outputs in %s)"
-             % (N_PARTICLES, BOX, N_CLASSES, SNR, OUT),
+    rfa_true, rfa_corr = compare_to_view(read_average(rfa.outputAverage), views[0])
+    lo, hi = CTF.defocus_range
+    lines = ["cryoralign demo: %d particles, %d px at %g A/px, %d views, SNR %g, CTF %g kV, Cs %g mm, "
+             "Q0 %g, defocus %g-%g um (outputs in %s)"
+             % (N_PARTICLES, BOX, SAMPLING, N_CLASSES, SNR, VOLTAGE, CS, Q0, lo, hi, OUT),
              "%-34s %s" % ("reference-free alignment (1 view)",
                            "%d particles, %.1f s, median deviation %.2f deg, mirror consistent %.1f%%, "
-                           "average %.1f A" % (len(view1), seconds["rfa"], spread, 100 * mirror_ok, resolution))]
+                           "average %.1f A (half sets), %.1f A / corr %.3f vs view 1"
+                           % (len(view1), seconds["rfa"], spread, 100 * mirror_ok, resolution, rfa_true,
+                              rfa_corr)),
+             "%-34s %s" % ("", rfa._ctfSentence())]
 
     found = np.zeros(N_PARTICLES, np.int64)
-    table, deviations, scores = [], [], []
+    table, deviations, scores, true_res, true_corr = [], [], [], [], []
     for cls in mra.outputClasses.iterItems(orderBy="id"):
         index, params = engine_params(cls)
         found[index] = cls.getObjId()
@@ -112,14 +194,23 @@ def summarize(rfa, mra, seconds, true_classes, truth, view1):
         deviation, _ = rfa_consistency(params, truth[index])
         deviations += [deviation] * len(index)
         scores.append(cls._cryoralignMeanScore.get())
+        res, corr = compare_to_view(read_average(cls.getRepresentative()), views[majority.argmax()])
+        true_res.append(res)
+        true_corr.append(corr)
         table.append("  class %2d  %4d particles  %5.1f A  score %.3f  view %2d (%.0f%%)  median "
-                     "deviation %.2f deg" % (cls.getObjId(), cls.getSize(), cls._cryoralignResolution.get(),
-                                             cls._cryoralignMeanScore.get(), majority.argmax() + 1,
-                                             100.0 * majority.max() / len(index), deviation))
+                     "deviation %.2f deg  vs view %5.1f A, corr %.3f"
+                     % (cls.getObjId(), cls.getSize(), cls._cryoralignResolution.get(),
+                        cls._cryoralignMeanScore.get(), majority.argmax() + 1,
+                        100.0 * majority.max() / len(index), deviation, res, corr))
     lines.append("%-34s %s" % ("classification (%d MPI ranks)" % MPI,
                                "%.1f s, purity %.3f, mean score %.3f, median deviation %.2f deg"
                                % (seconds["mra"], synthetic.purity(found, true_classes), np.mean(scores),
                                   np.median(deviations))))
+    lines.append("%-34s %s" % ("", mra._ctfSentence()))
+    lines.append("%-34s %s" % ("class averages vs true views",
+                               "median FRC-0.5 resolution %.1f A, median normalised correlation %.3f "
+                               "(each average against its majority's CTF-free view, registered)"
+                               % (np.median(true_res), np.median(true_corr))))
     lines.append("%-34s %s" % ("class sizes", " ".join(str(c.getSize())
                                                         for c in mra.outputClasses.iterItems(orderBy="id"))))
     return lines + ["classes (from the Scipion set):"] + table
@@ -142,9 +233,9 @@ def save_plots(project, runs):
 
 def main():
     scipion_env.setup(user_data=USER_DATA)
-    data, view1_dir, true_classes, truth, view1 = make_data()
-    project, rfa, mra, seconds = run_workflow(data, view1_dir)
-    lines = summarize(rfa, mra, seconds, true_classes, truth, view1)
+    data, view1_star, true_classes, truth, view1, views = make_data()
+    project, rfa, mra, seconds = run_workflow(data, view1_star)
+    lines = summarize(rfa, mra, seconds, true_classes, truth, view1, views)
     with open(os.path.join(OUT, "summary.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plots = save_plots(project, {"rfa": rfa, "mra": mra})
