@@ -7,7 +7,6 @@ optics and particle CTF columns), never downloaded.
 """
 import importlib.util
 import os
-import tempfile
 import unittest
 
 import mrcfile
@@ -18,6 +17,7 @@ from pwem.protocols import ProtImportParticles
 from pyworkflow.tests import BaseTest, DataSet, setupTestProject
 
 from cryoralign_plugin import convert
+from generated import generateOnce
 from cryoralign_plugin.constants import (CLASSES_MRCS, CTF_AUTO, CTF_FLIP, CTF_NONE, CTF_WIENER,
                                          INPUT_DIR, INPUT_STAR)
 from cryoralign_plugin.protocols import CryoralignProtAlign2D, CryoralignProtClassify2D
@@ -45,18 +45,10 @@ def getCtfDataSet():
     """The CTF data set, generated with the engine's synthetic module if missing."""
     from cryoralign_plugin.engine import synthetic
     ds = DataSet.getDataSet("cryoralign_ctf")
-    final = os.path.dirname(ds.getFile("star"))
-    if not os.path.exists(os.path.join(final, "truth.star")):
-        os.makedirs(ds.getPath(), exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix="ctf.", dir=ds.getPath())
-        # 1-2.5 um at 3 A/px and 32 px (padded x2) stays clear of CTF aliasing (synthetic.CtfSimulation).
-        synthetic.make_dataset(tmp, ctf=synthetic.CtfSimulation(
-            defocus_range=(1.0, 2.5), voltage=VOLTAGE, cs=CS, amplitude_contrast=Q0,
-            pixel_size=SAMPLING), **SET)
-        try:
-            os.rename(tmp, final)   # atomic: a concurrent run may have made it already
-        except OSError:
-            pass
+    # 1-2.5 um at 3 A/px and 32 px (padded x2) stays clear of CTF aliasing (synthetic.CtfSimulation).
+    generateOnce(os.path.dirname(ds.getFile("star")), lambda tmp: synthetic.make_dataset(
+        tmp, ctf=synthetic.CtfSimulation(defocus_range=(1.0, 2.5), voltage=VOLTAGE, cs=CS,
+                                         amplitude_contrast=Q0, pixel_size=SAMPLING), **SET))
     return ds
 
 

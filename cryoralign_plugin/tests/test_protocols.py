@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
@@ -19,6 +18,7 @@ from pwem.protocols import ProtImportParticles
 from pyworkflow.tests import BaseTest, DataSet, setupTestProject
 
 from cryoralign_plugin import Plugin
+from generated import generateOnce
 from cryoralign_plugin.constants import HISTORY_JSON, PARTICLES_STAR
 from cryoralign_plugin.convert import geometryFromMatrix2D
 from cryoralign_plugin.engine import outputs
@@ -52,16 +52,8 @@ def getTinyDataSet():
     from cryoralign_plugin.engine.synthetic import make_dataset
     ds = DataSet.getDataSet("cryoralign_tiny")
     for key, kw in SETS.items():
-        final = os.path.dirname(ds.getFile(key))
-        if os.path.exists(os.path.join(final, "truth.star")):
-            continue
-        os.makedirs(ds.getPath(), exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=key + ".", dir=ds.getPath())
-        make_dataset(tmp, source="slicem", **kw)
-        try:
-            os.rename(tmp, final)   # atomic: a concurrent run may have made it already
-        except OSError:
-            pass
+        generateOnce(os.path.dirname(ds.getFile(key)),
+                     lambda tmp, kw=kw: make_dataset(tmp, source="slicem", **kw))
     return ds
 
 
