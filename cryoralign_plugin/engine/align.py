@@ -39,21 +39,26 @@ def _initial_params(ctx):
     return np.zeros((ctx.source.count, 4))
 
 
-def _run(ctx, state, reseed, out_dir, resume, overwrite, command, start, inputs):
+def _run(ctx, n_refs, initial_state, reseed, out_dir, resume, overwrite, command, start, inputs):
+    """Claim ``out_dir``, then iterate from its last checkpoint or from ``initial_state()``.
+
+    The initial state is built only after the folder is claimed and only when no checkpoint is resumed:
+    for RFA it is a pass over every particle, which a refused or continued run must not pay for.
+    """
     claim = None
     if out_dir is not None:
         if ctx.comm.rank == 0:   # claims the folder (or refuses, writing nothing) before anything is written
-            new = rundir.manifest(command, ctx.settings, ctx.source, ctx.radius, len(state.references), start)
+            new = rundir.manifest(command, ctx.settings, ctx.source, ctx.radius, n_refs, start)
             claim = rundir.claim(out_dir, new, resume, overwrite, ctx.settings.iterations,
                                  rundir.input_files(ctx.source, inputs), ctx.log)
         # rank 0 decides whether to resume; the others wait for it here (if it refuses, the CLI aborts them)
         resume = bool(ctx.comm.allgather(np.array([claim is not None and claim.resume]))[0])
     try:
-        if resume:
-            found = loop.restore(out_dir, ctx.source.count, ctx.source.box, len(state.references))
-            if found is not None:
-                ctx.log("continuing after iteration %d" % found.iteration)
-                state = found
+        state = loop.restore(out_dir, ctx.source.count, ctx.source.box, n_refs) if resume else None
+        if state is not None:
+            ctx.log("continuing after iteration %d" % state.iteration)
+        else:
+            state = initial_state()
         state = loop.iterate(ctx, state, reseed, out_dir)
         result = loop.Result(state.classes, state.params, state.scores, state.averages, state.references,
                              state.cutoffs, state.history)
@@ -75,13 +80,16 @@ def align_reference_free(particles, settings=None, out_dir=None, resume=False, c
     """
     settings = settings or Settings(**options)
     ctx = _context(particles, settings, comm, log)
-    params = _initial_params(ctx)
-    classes = np.zeros(ctx.source.count, np.int64)
-    parity = np.arange(ctx.source.count) % 2
-    refs, cutoffs, averages = loop.class_references(ctx, params, classes,
-                                                    reference_ops.class_counts(classes, parity, 1))
-    state = loop.State(0, params, classes, np.zeros(ctx.source.count), refs, cutoffs, averages, [])
-    return _run(ctx, state, False, out_dir, resume, overwrite, "rfa", {}, inputs)
+
+    def initial_state():   # the average of the particles at their starting parameters
+        params = _initial_params(ctx)
+        classes = np.zeros(ctx.source.count, np.int64)
+        parity = np.arange(ctx.source.count) % 2
+        refs, cutoffs, averages = loop.class_references(ctx, params, classes,
+                                                        reference_ops.class_counts(classes, parity, 1))
+        return loop.State(0, params, classes, np.zeros(ctx.source.count), refs, cutoffs, averages, [])
+
+    return _run(ctx, 1, initial_state, False, out_dir, resume, overwrite, "rfa", {}, inputs)
 
 
 def align_multi_reference(particles, n_classes=None, references=None, settings=None, out_dir=None,
@@ -103,7 +111,7 @@ def align_multi_reference(particles, n_classes=None, references=None, settings=N
         start = {"references": given[None] if given.ndim == 2 else given}
     else:
         start = {"classes": int(n_classes), "seed": int(settings.seed)}
-    return _run(ctx, state, True, out_dir, resume, overwrite, "mra", start, inputs)
+    return _run(ctx, len(refs), lambda: state, True, out_dir, resume, overwrite, "mra", start, inputs)
 
 
 def _initial_references(ctx, n_classes, references):
