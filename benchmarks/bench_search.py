@@ -19,17 +19,19 @@ from cryoralign_plugin.engine.settings import Settings
 from cryoralign_plugin.engine.sources import ArraySource
 
 
-def one_iteration(particles, refs, n_classes, threads):
-    """Seconds of one MRA iteration and its phase split (search, averages)."""
-    settings = Settings(radius=27, shift_range=3, shift_step=1, threads=threads, backend="cpu", iterations=1)
+def one_iteration(particles, refs, n_classes, threads, **options):
+    """Seconds of one MRA iteration and its phase split (search, averages); ``options`` are
+    :class:`Settings` fields."""
+    settings = Settings(radius=27, shift_range=3, shift_step=1, threads=threads, backend="cpu", iterations=1,
+                        **options)
     ctx = loop.Context(ArraySource(particles), settings, parallel.Serial(),
-                       get_backend("cpu", threads), lambda *_: None)
+                       get_backend("cpu", threads, exhaustive=settings.exhaustive), lambda *_: None)
     t0 = time.perf_counter()
     cand = loop.search_pass(ctx, refs[:n_classes], np.zeros((len(particles), 4)))
     t1 = time.perf_counter()
-    choice = cand.score.argmax(1)
-    params = loop.search.candidate_params(cand, choice, ctx.shifts, ctx.grid)
-    loop.average_pass(ctx, params, choice, n_classes)
+    best = np.zeros(len(particles), np.int64)   # each particle's best candidate
+    params = loop.search.candidate_params(cand, best, ctx.shifts, ctx.grid)
+    loop.average_pass(ctx, params, cand.reference[:, 0], n_classes)
     t2 = time.perf_counter()
     return t2 - t0, t1 - t0, t2 - t1
 

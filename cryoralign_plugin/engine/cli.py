@@ -104,7 +104,10 @@ def _common(parser):
     g.add_argument("--no-mirror", dest="mirror", action="store_false", default=d.mirror,
                    help="do not search mirrored particles")
     g.add_argument("--exhaustive", action="store_true", default=d.exhaustive,
-                   help="scan every (shift, mirror) at full resolution instead of screening first")
+                   help="scan every (reference, shift, mirror) at full resolution instead of screening first")
+    g.add_argument("--preselect", type=int, default=d.preselect, metavar="M",
+                   help="references searched at full resolution per particle, the best M of a screening on "
+                        "half-size images (default: all up to 16 classes, else max(8, K/32))")
     g = parser.add_argument_group("iterations")
     g.add_argument("--iterations", type=int, default=d.iterations,
                    help="at most this many (default: %(default)s)")

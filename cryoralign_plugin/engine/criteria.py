@@ -15,13 +15,12 @@ import numpy as np
 
 
 def margins(scores):
-    """Best minus second-best score of each row of ``(P, K)`` candidate scores, float64 ``(P,)``
-    (0 with a single reference)."""
+    """Best minus second-best score of each row of ``(P, C)`` candidate scores sorted best first
+    (``search.Candidates.score``), float64 ``(P,)`` (0 with a single reference)."""
     scores = np.asarray(scores, np.float64)
     if scores.shape[1] < 2:
         return np.zeros(len(scores))
-    top = np.partition(scores, scores.shape[1] - 2, axis=1)[:, -2:]
-    return top[:, 1] - top[:, 0]
+    return scores[:, 0] - scores[:, 1]
 
 
 def _class_means(classes, values, n_classes):

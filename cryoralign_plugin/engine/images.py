@@ -198,3 +198,15 @@ def center_of_mass(image, radius):
         return 0.0, 0.0
     y, x = np.indices(image.shape) - box // 2
     return float((density * x).sum() / total), float((density * y).sum() / total)
+
+
+def fourier_crop(images, box):
+    """``(N, n, n)`` images reduced to ``box`` px (even, <= n) by cropping their spectrum: no aliasing,
+    no interpolation; values keep their scale (the mean is preserved)."""
+    n = images.shape[-1]
+    if box == n:
+        return np.asarray(images, np.float32)
+    spectrum = np.fft.rfft2(images)
+    half = box // 2
+    rows = np.concatenate([spectrum[:, :half], spectrum[:, n - half:]], axis=1)[:, :, :half + 1]
+    return (np.fft.irfft2(rows, s=(box, box)) * (box / n) ** 2).astype(np.float32)

@@ -69,29 +69,38 @@ class Context:
 
 
 def search_pass(ctx, refs, params):
-    """Local candidates of every reference for this rank's particles (none on a rank without any)."""
-    search.check_search_size(len(refs), ctx.grid, ctx.settings.shift_range, ctx.settings.shift_step)
+    """:class:`~.search.Candidates` of this rank's particles (none on a rank without any): each
+    particle's best few, against the references its preselection keeps (all of them for small K)."""
+    settings = ctx.settings
+    search.check_search_size(len(refs), ctx.grid, settings.shift_range, settings.shift_step)
     prepared = ctx.backend.prepare_references(
-        search.reference_rings(ctx.backend, refs, ctx.grid, ctx.shifts), ctx.grid, ctx.settings.mirror)
+        search.reference_rings(ctx.backend, refs, ctx.grid, ctx.shifts), ctx.grid, settings.mirror)
+    preselection = search.Preselection.plan(ctx.backend, refs, ctx.radius, settings.shift_range,
+                                            settings.shift_step, settings.mirror,
+                                            settings.resolved_preselect(len(refs)))
     parts = []
     start = last = time.perf_counter()
     done = 0
     for batch in ctx.batches():
         offsets = np.clip(center_offsets(params[batch]), -ctx.offset_limit, ctx.offset_limit)
-        parts.append(search.search(ctx.backend, ctx.read(batch), offsets, prepared, ctx.grid))
+        parts.append(search.search(ctx.backend, ctx.read(batch), offsets, prepared, ctx.grid, preselection))
         done += len(batch)
         now = time.perf_counter()
         if now - last > PROGRESS_SECONDS and done < len(ctx.local):
             ctx.log("  searched %d of %d particles on this rank (%.0f particles/s)"
                     % (done, len(ctx.local), done / (now - start)))
             last = now
-    if not parts:  # more ranks than particles: an empty share, in the dtypes of Backend.search
-        n_refs = len(refs)
-        parts.append(search.Candidates(np.empty((0, n_refs), np.float32), np.empty((0, n_refs), np.int32),
-                                       np.empty((0, n_refs), np.int8), np.empty((0, n_refs), np.float32),
-                                       np.empty((0, 2))))
-    return search.Candidates(*[np.concatenate([getattr(p, f) for p in parts])
-                               for f in ("score", "shift", "mirror", "angle", "offsets")])
+    return search.Candidates.concatenate(parts or [search.Candidates.empty(len(refs))])
+
+
+def choose(ctx, cand, n_classes, balanced):
+    """The chosen candidate (column) of each local particle: its best, or with ``balanced`` the
+    equal-size assignment over every rank's candidates (``(N, C)`` gathered, C independent of K)."""
+    if not balanced:
+        return np.zeros(len(cand.score), np.int64)   # candidates are best first; ties: the lower class
+    slot = references.balanced_assignment(ctx.comm.allgather(cand.reference), ctx.comm.allgather(cand.score),
+                                          n_classes)
+    return slot[ctx.local]
 
 
 def average_pass(ctx, params, classes, n_classes):
@@ -163,15 +172,13 @@ def iterate(ctx, state, reseed, out_dir=None):
     for iteration in range(state.iteration + 1, settings.iterations + 1):
         start = time.perf_counter()
         cand = search_pass(ctx, state.references, state.params)
-        if reseed and n_classes > 1 and iteration <= balanced:
-            choice = references.balanced_assignment(comm.allgather(cand.score))[ctx.local]
-        else:
-            choice = np.argmax(cand.score, axis=1)  # ties: the lowest class number
-        local = search.candidate_params(cand, choice, ctx.shifts, ctx.grid)
-        rows = np.arange(len(choice))
-        local_scores = cand.score[rows, choice].astype(np.float64)
+        slot = choose(ctx, cand, n_classes, reseed and n_classes > 1 and iteration <= balanced)
+        rows = np.arange(len(slot))
+        choice = cand.reference[rows, slot]
+        local = search.candidate_params(cand, slot, ctx.shifts, ctx.grid)
+        local_scores = cand.score[rows, slot].astype(np.float64)
         if settings.refine_shifts:
-            local, local_scores = refine.refine_pass(ctx, state.references, cand, choice, local, local_scores)
+            local, local_scores = refine.refine_pass(ctx, state.references, cand, slot, local, local_scores)
         params = comm.allgather(local)
         scores = comm.allgather(local_scores)
         classes = comm.allgather(choice.astype(np.int64))

@@ -91,28 +91,37 @@ def reseed_starved(classes, scores, n_classes, min_members):
 
 
 @njit(cache=True)
-def _greedy(order, n_classes, capacity, out):
+def _greedy(order, reference, n_classes, capacity, out):
     filled = np.zeros(n_classes, np.int64)
+    width = reference.shape[1]
     left = out.shape[0]
     for flat in order:
-        p, k = flat // n_classes, flat % n_classes
+        p, c = flat // width, flat % width
+        k = reference[p, c]
         if out[p] < 0 and filled[k] < capacity:
-            out[p] = k
+            out[p] = c
             filled[k] += 1
             left -= 1
             if left == 0:
                 break
+    for p in range(out.shape[0]):   # every candidate's class was full: the particle's best one
+        if out[p] < 0:
+            out[p] = 0
 
 
-def balanced_assignment(scores):
-    """Equal-size assignment (ISAC's equal-size K-means): best pairs first, classes fill up.
+def balanced_assignment(reference, score, n_classes):
+    """Equal-size assignment (ISAC's equal-size K-means) from each particle's best candidates.
 
-    Taking (particle, class) pairs in order of decreasing score, a particle joins a class while the
-    class holds fewer than ``ceil(N / K)``.  Early on, when the references are still noise, this
-    keeps one lucky average from attracting everything.  Ties keep the lower particle and class.
+    ``reference`` and ``score`` ``(N, C)``: each particle's candidates best first (``search.Candidates``).
+    Taking (particle, candidate) pairs in order of decreasing score, a particle joins the candidate's
+    class while that class holds fewer than ``ceil(N / K)``.  Early on, when the references are still
+    noise, this keeps one lucky average from attracting everything.  A particle whose ``C``
+    candidates' classes are all full joins its best one (that class ends larger); with ``C >= K``
+    this never happens.  Ties keep the lower particle, then the lower candidate (the lower class).
+    Returns the chosen candidate (column) of each particle.
     """
-    count, n_classes = scores.shape
-    order = np.argsort(-scores.ravel(), kind="stable")
+    count = len(score)
+    order = np.argsort(-np.asarray(score, np.float64).ravel(), kind="stable")
     out = np.full(count, -1, np.int64)
-    _greedy(order, n_classes, -(-count // n_classes), out)
+    _greedy(order, np.ascontiguousarray(reference, np.int64), int(n_classes), -(-count // n_classes), out)
     return out

@@ -223,11 +223,11 @@ class Refiner:
         return accept, t, angle, value
 
 
-def refine_pass(ctx, refs, cand, choice, params, scores):
+def refine_pass(ctx, refs, cand, slot, params, scores):
     """Refined ``(params, scores)`` of this rank's particles against the search's references ``refs``.
 
-    ``cand`` (the search's :class:`~.search.Candidates`), ``choice`` (chosen classes), ``params``
-    and ``scores`` (the grid's) are local arrays in ``ctx.local`` order.  Particles are read batch
+    ``cand`` (the search's :class:`~.search.Candidates`), ``slot`` (each particle's chosen
+    candidate), ``params`` and ``scores`` (the grid's) are local arrays in ``ctx.local`` order.  Particles are read batch
     by batch (``ctx.read``, as the search sees them), one chunk of classes at a time.
     """
     params = np.array(params, np.float64)
@@ -235,9 +235,10 @@ def refine_pass(ctx, refs, cand, choice, params, scores):
     if len(ctx.shifts) < 2 or len(params) == 0:  # no shift search: nothing to refine
         return params, scores
     refiner = Refiner(ctx.backend, refs, ctx.grid, ctx.shifts, ctx.settings.shift_step)
-    rows = np.arange(len(choice))
-    shift = cand.shift[rows, choice].astype(np.int64)
-    mirror = cand.mirror[rows, choice].astype(bool)
+    rows = np.arange(len(slot))
+    choice = cand.reference[rows, slot].astype(np.int64)
+    shift = cand.shift[rows, slot].astype(np.int64)
+    mirror = cand.mirror[rows, slot].astype(bool)
     for chunk in refiner.chunks():
         members = (choice >= chunk.start) & (choice < chunk.stop)
         if not members.any():

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from . import images as imgops
 from . import memory
 from .errors import InputError
-from .geometry import MIRROR, PSI, SX, SY, largest_radius, rotation, sampling_limit, shift_count
+from .settings import CANDIDATES, PRESELECT_CROP, PRESELECT_FREQUENCIES
+from .geometry import (MIRROR, PSI, SX, SY, largest_radius, polar_grid, rotation, sampling_limit, shift_count,
+                       shift_grid)
 
 # Bytes per ring of one (reference, shift) held by the CPU search's screening operands (32
 # frequencies x 8 float32 blocks, x 3 while they are assembled); see search_bytes.
@@ -25,12 +28,36 @@ _SCREEN_BYTES_PER_RING = 3 * 32 * 8 * 4
 
 @dataclass
 class Candidates:
-    """Per (particle, reference) best match: ``(P, K)`` arrays plus the particles' offsets."""
+    """The best ``C`` matches of each particle (``settings.CANDIDATES``, or all references when
+    fewer), best first; ties keep the lower reference.  ``(P, C)`` arrays, so the state a run keeps
+    per particle does not grow with the number of references; ``offsets`` ``(P, 2)`` are the
+    particles' search centers."""
+    reference: np.ndarray
     score: np.ndarray
     shift: np.ndarray
     mirror: np.ndarray
     angle: np.ndarray
     offsets: np.ndarray
+
+    @classmethod
+    def empty(cls, n_refs):
+        """No particles (a rank without any), in the dtypes of :meth:`Backend.search`."""
+        width = min(CANDIDATES, n_refs)
+        return cls(np.empty((0, width), np.int32), np.empty((0, width), np.float32),
+                   np.empty((0, width), np.int32), np.empty((0, width), np.int8),
+                   np.empty((0, width), np.float32), np.empty((0, 2)))
+
+    @classmethod
+    def concatenate(cls, parts):
+        return cls(*[np.concatenate([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__])
+
+
+def best_candidates(reference, score, shift, mirror, angle, offsets, count=CANDIDATES):
+    """:class:`Candidates` from a search's ``(P, M)`` results against references ``reference``
+    ``(P, M)`` (ascending in each row, so a stable sort keeps the lower reference on ties)."""
+    order = np.argsort(-score, axis=1, kind="stable")[:, :count]
+    take = [np.take_along_axis(np.asarray(a), order, axis=1) for a in (reference, score, shift, mirror, angle)]
+    return Candidates(*take, offsets)
 
 
 def check_geometry(box, grid, shift_range):
@@ -139,19 +166,63 @@ def particle_rings(backend, images, offsets, grid):
     return normalise_rings(rings, grid)
 
 
-def search(backend, images, offsets, prepared, grid):
-    """Candidates of every particle against every prepared reference."""
+class Preselection:
+    """The coarse stage that makes the search sub-linear in K: every reference is screened on
+    particles and references Fourier-cropped by ``PRESELECT_CROP`` (a polar grid of half the radius,
+    a shift grid of half the extent at steps of at least one coarse pixel), with the same backend
+    call as the full search; each particle is then searched at full resolution against its ``count``
+    best references only.  Build it with :meth:`plan`, which says when it is worth it."""
+
+    MIN_RADIUS = 6   # coarse rings below this carry too little to rank references
+
+    def __init__(self, backend, refs, radius, shift_range, shift_step, mirror, count):
+        self.backend, self.count = backend, int(count)
+        self.box = refs.shape[-1] // PRESELECT_CROP // 2 * 2
+        coarse_range = shift_range / PRESELECT_CROP
+        self.grid = polar_grid(min(radius // PRESELECT_CROP, largest_radius(self.box, coarse_range)))
+        self.shifts = shift_grid(coarse_range, max(1.0, shift_step / PRESELECT_CROP))
+        self.limit = offset_limit(self.box, self.grid)
+        self.refs = backend.prepare_references(
+            reference_rings(backend, imgops.fourier_crop(refs, self.box), self.grid, self.shifts), self.grid, mirror,
+            PRESELECT_FREQUENCIES)
+
+    @classmethod
+    def plan(cls, backend, refs, radius, shift_range, shift_step, mirror, count):
+        """A :class:`Preselection`, or None when it would keep every reference or the coarse rings
+        would be too few (small images): then the full search sees every reference."""
+        box = refs.shape[-1] // PRESELECT_CROP // 2 * 2
+        coarse = min(radius // PRESELECT_CROP, largest_radius(box, shift_range / PRESELECT_CROP))
+        if count >= len(refs) or coarse < cls.MIN_RADIUS:
+            return None
+        return cls(backend, refs, radius, shift_range, shift_step, mirror, count)
+
+    def members(self, images, offsets):
+        """The ``(P, count)`` best references of each particle on the coarse grid, ascending."""
+        coarse = imgops.fourier_crop(images, self.box)
+        rings = particle_rings(self.backend, coarse, np.clip(offsets / PRESELECT_CROP, -self.limit, self.limit),
+                               self.grid)
+        score = self.backend.search(rings, self.refs, self.grid)[0]
+        best = np.argsort(-score, axis=1, kind="stable")[:, :self.count]
+        return np.sort(best, axis=1).astype(np.int32)
+
+
+def search(backend, images, offsets, prepared, grid, preselection=None):
+    """The best :class:`Candidates` of every particle against the prepared references (those of
+    its ``preselection`` only, when given)."""
     rings = particle_rings(backend, images, offsets, grid)
-    score, shift, mirror, angle = backend.search(rings, prepared, grid)
-    return Candidates(score, shift, mirror, angle, offsets)
+    members = None if preselection is None else preselection.members(images, offsets)
+    score, shift, mirror, angle = backend.search(rings, prepared, grid, members)
+    if members is None:
+        members = np.broadcast_to(np.arange(prepared.n_refs, dtype=np.int32), score.shape)
+    return best_candidates(members, score, shift, mirror, angle, offsets)
 
 
-def candidate_params(candidates, choice, shifts, grid):
-    """Alignment parameters ``(P, 4)`` for the chosen reference of each particle (see
+def candidate_params(candidates, slot, shifts, grid):
+    """Alignment parameters ``(P, 4)`` of candidate ``slot`` of each particle (see
     :func:`match_params`)."""
-    rows = np.arange(len(choice))
-    return match_params(candidates.angle[rows, choice], candidates.mirror[rows, choice],
-                        shifts[candidates.shift[rows, choice]], candidates.offsets, grid)
+    rows = np.arange(len(slot))
+    return match_params(candidates.angle[rows, slot], candidates.mirror[rows, slot],
+                        shifts[candidates.shift[rows, slot]], candidates.offsets, grid)
 
 
 def match_params(angle, mirror, t, offsets, grid):

@@ -43,17 +43,21 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def prepare_references(self, rings, grid, mirror):
+    def prepare_references(self, rings, grid, mirror, frequencies=None):
         """Reference rings ``(K, S, T)`` (normalised, one row per trial shift) -> a
         :class:`PreparedReferences` for :meth:`search`; ``mirror`` searches mirrored correlations too.
+        ``frequencies`` asks for a coarse score, the correlation on that many angular frequencies
+        (a backend may correlate on more: the GPU always searches exhaustively).
         """
 
     @abstractmethod
-    def search(self, rings, refs, grid):
-        """Best match of every particle against every prepared reference.
+    def search(self, rings, refs, grid, members=None):
+        """Best match of every particle against every prepared reference, or against its
+        ``members`` only (``(P, M)`` reference indices, ascending per row: the preselection).
 
         ``rings`` ``(P, T)`` normalised particle rings, ``refs`` from :meth:`prepare_references`.
-        Returns four ``(P, K)`` arrays: score (float32 correlation), shift (int32 index of the trial
+        Returns four ``(P, K)`` arrays (``(P, M)`` with ``members``, column ``q`` for reference
+        ``members[:, q]``): score (float32 correlation), shift (int32 index of the trial
         shift), mirror (int8, 1 when the mirrored correlation won) and angle (float32 peak position
         in samples of length ``grid.maxrin``, sub-sample refined).  Ties go to the lower shift
         index, straight before mirrored, then the lower angle sample.

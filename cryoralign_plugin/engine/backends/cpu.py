@@ -27,6 +27,7 @@ from ..settings import SCREEN_FREQUENCIES
 from . import base
 
 BLOCK_BYTES = 48 * 2 ** 20  # working memory per worker thread
+_MAX_OUTER = 1024  # particles per block when a search is restricted to each particle's members
 
 
 _bilinear = njit(cache=True, inline="always")(interpolation.bilinear)
@@ -186,15 +187,18 @@ class CpuBackend(base.Backend):
         return out
 
     # --- search -----------------------------------------------------------
-    def prepare_references(self, rings, grid, mirror):
-        """Reference rings ``(K, S, T)`` -> :class:`PreparedReferences`."""
+    def prepare_references(self, rings, grid, mirror, frequencies=None):
+        """Reference rings ``(K, S, T)`` -> :class:`PreparedReferences` (``frequencies``: one stage on
+        that many angular frequencies, for a coarse score)."""
         n_refs, n_shifts = rings.shape[:2]
         spectra = ring_ops.ring_spectra(rings.reshape(n_refs * n_shifts, -1), grid, weighted=True)
         length = grid.maxrin
-        if not self.exhaustive and 2 * SCREEN_FREQUENCIES < grid.maxrin:
+        if frequencies is not None:
+            length = min(grid.maxrin, 2 * int(frequencies))
+        elif not self.exhaustive and 2 * SCREEN_FREQUENCIES < grid.maxrin:
             length = 2 * SCREEN_FREQUENCIES
         dense = None
-        if length < grid.maxrin:
+        if length < grid.maxrin and frequencies is None:
             dense = ring_ops.dense(spectra, grid).reshape(n_refs, n_shifts, len(grid.radii), -1)
         bands = []
         for first, freqs in _bands(grid, length // 2):
@@ -206,36 +210,44 @@ class CpuBackend(base.Backend):
             bands.append(_Band(first, freqs, np.ascontiguousarray(operand, dtype=np.float32)))
         return PreparedReferences(n_refs, n_shifts, mirror, bands, dense, length)
 
-    def search(self, rings, refs, grid):
-        """Best (score, shift index, mirror, angle sample) of every particle against every reference.
+    def search(self, rings, refs, grid, members=None):
+        """Best (score, shift index, mirror, angle sample) of every particle against every reference,
+        or against its ``members`` only: four ``(P, K)`` or ``(P, M)`` arrays; the angle is in ring
+        samples of length ``grid.maxrin``.
 
-        Returns four ``(P, K)`` arrays; the angle is in ring samples of length ``grid.maxrin``.
+        With ``members`` the particles of a block are grouped by reference, so each reference's
+        matrix products still take many particles at once (blocks are larger for that).
         """
         count = len(rings)
-        score = np.empty((count, refs.n_refs), np.float32)
-        shift = np.empty((count, refs.n_refs), np.int32)
-        mirror = np.empty((count, refs.n_refs), np.int8)
-        angle = np.empty((count, refs.n_refs), np.float32)
+        width = refs.n_refs if members is None else members.shape[1]
+        out = (np.empty((count, width), np.float32), np.empty((count, width), np.int32),
+               np.empty((count, width), np.int8), np.empty((count, width), np.float32))
         block = self._block_size(refs, grid)
-        starts = range(0, count, block)
+        outer = block
+        if members is not None:   # each reference sees about M / K of a block's particles
+            outer = max(block, min(block * refs.n_refs // max(1, width), _MAX_OUTER, -(-count // self.threads)))
+        starts = range(0, count, outer)
 
         def run(start):
-            sl = slice(start, min(start + block, count))
+            sl = slice(start, min(start + outer, count))
             spectra = ring_ops.ring_spectra(rings[sl], grid, weighted=False)
             operands = self._particle_operands(spectra, refs, grid)
-            if refs.dense is None:
+            particles = None if refs.dense is None else ring_ops.dense(spectra, grid)
+            local = [o[sl] for o in out]
+            if members is None:
                 for k in range(refs.n_refs):
-                    _peaks(self._correlate(operands, k, refs), k, score[sl], shift[sl], mirror[sl], angle[sl])
+                    self._match(operands, particles, k, refs, grid, local, k)
                 return
-            particles = ring_ops.dense(spectra, grid)
-            keep = min(self.keep, refs.n_shifts * refs.n_mirror)
-            chosen = np.empty((sl.stop - sl.start, keep), np.int64)
-            fine = np.empty((sl.stop - sl.start, keep, grid.maxrin // 2 + 1), np.complex64)
-            for k in range(refs.n_refs):
-                _screen(self._correlate(operands, k, refs), keep, chosen)
-                _fine_spectra(particles, refs.dense[k], grid.lengths // 2, chosen, refs.n_mirror, fine)
-                ccf = scipy.fft.irfft(fine, n=grid.maxrin, axis=-1, workers=1)
-                _fine_peaks(ccf, chosen, refs.n_mirror, k, score[sl], shift[sl], mirror[sl], angle[sl])
+            chosen = members[sl]
+            for k in np.unique(chosen):
+                rows, cols = np.nonzero(chosen == k)
+                for lo in range(0, len(rows), block):
+                    p, q = rows[lo:lo + block], cols[lo:lo + block]
+                    part = [np.empty((len(p), 1), o.dtype) for o in out]
+                    self._match([op[:, p] for op in operands], None if particles is None else particles[p], k,
+                                refs, grid, part, 0)
+                    for o, v in zip(local, part):
+                        o[p, q] = v[:, 0]
 
         with threadpool_limits(1, user_api="blas"):
             if self.threads == 1 or len(starts) == 1:
@@ -244,14 +256,32 @@ class CpuBackend(base.Backend):
             else:
                 with ThreadPoolExecutor(self.threads) as pool:
                     list(pool.map(run, starts))
-        return score, shift, mirror, angle
+        return out
+
+    def _match(self, operands, particles, k, refs, grid, out, column):
+        """Best match of a block's particles with reference ``k`` into column ``column`` of ``out``:
+        every (shift, mirror) scanned, or screened then the ``keep`` best at full resolution."""
+        ccf = self._correlate(operands, k, refs)
+        if particles is None:
+            _peaks(ccf, column, *out)
+            if refs.screen_length < grid.maxrin:   # a coarse score: its angle in samples of maxrin
+                out[3][:, column] *= grid.maxrin / refs.screen_length
+            return
+        keep = min(self.keep, refs.n_shifts * refs.n_mirror)
+        chosen = np.empty((len(particles), keep), np.int64)
+        fine = np.empty((len(particles), keep, grid.maxrin // 2 + 1), np.complex64)
+        _screen(ccf, keep, chosen)
+        _fine_spectra(particles, refs.dense[k], grid.lengths // 2, chosen, refs.n_mirror, fine)
+        ccf = scipy.fft.irfft(fine, n=grid.maxrin, axis=-1, workers=1)
+        _fine_peaks(ccf, chosen, refs.n_mirror, column, *out)
 
     @staticmethod
     def _block_size(refs, grid):
         columns = refs.n_shifts * refs.n_mirror
         length = refs.screen_length
         per_particle = columns * ((length // 2 + 1) * (8 + 8) + length * 4) + len(grid.radii) * grid.maxrin * 8
-        return int(max(1, min(64, BLOCK_BYTES // per_particle)))
+        most = 64 if refs.dense is not None or length == grid.maxrin else _MAX_OUTER   # coarse: call-bound
+        return int(max(1, min(most, BLOCK_BYTES // per_particle)))
 
     @staticmethod
     def _particle_operands(spectra, refs, grid):

@@ -162,8 +162,9 @@ class CudaBackend(base.Backend):
             d_rings, dev["chunks"], dev["offsets"], dev["coff"], dev["perm"], dev["tw"], weights, d_out)
 
     # --- search -----------------------------------------------------------
-    def prepare_references(self, rings, grid, mirror):
-        """-> :class:`PreparedReferences`: weighted compact spectra on the device."""
+    def prepare_references(self, rings, grid, mirror, frequencies=None):
+        """-> :class:`PreparedReferences`: weighted compact spectra on the device (every frequency,
+        whatever ``frequencies`` asks)."""
         host, dev = self._layout(grid)
         n_refs, n_shifts = rings.shape[:2]
         mib = n_refs * n_shifts * host.size * 8 / 2 ** 20
@@ -179,8 +180,9 @@ class CudaBackend(base.Backend):
         self._spectra(d_rings, dev, dev["weights"], d_spec)
         return PreparedReferences(n_refs, n_shifts, bool(mirror), d_spec.reshape(n_refs, n_shifts, host.size))
 
-    def search(self, rings, refs, grid):
-        """Exhaustive: every (reference, shift, mirror) at full resolution, fused in one kernel."""
+    def search(self, rings, refs, grid, members=None):
+        """Exhaustive: every (reference, shift, mirror) at full resolution, fused in one kernel; with
+        ``members`` each particle's columns are taken from that (the kernel is not restricted)."""
         host, dev = self._layout(grid)
         count = len(rings)
         rings = np.ascontiguousarray(rings, dtype=np.float32)
@@ -200,6 +202,8 @@ class CudaBackend(base.Backend):
             for d, o in zip(d_out, out):
                 d.copy_to_host(o[a:b])
         self._in_batches(count, search_bytes(host, refs.n_refs), run)
+        if members is not None:
+            out = tuple(np.take_along_axis(o, members, axis=1) for o in out)
         return out
 
     # --- averages ---------------------------------------------------------

@@ -68,6 +68,7 @@ def test_info_defaults():
     ("rfa", ["--shift-step", "0.5"], "shift_step", 0.5),
     ("rfa", ["--no-mirror"], "mirror", False),
     ("rfa", ["--exhaustive"], "exhaustive", True),
+    ("mra", ["--preselect", "12"], "preselect", 12),
     ("rfa", ["--iterations", "7"], "iterations", 7),
     ("rfa", ["--auto-stop"], "auto_stop", True),
     ("rfa", ["--stop-fraction", "0.1"], "stop_fraction", 0.1),

@@ -53,6 +53,19 @@ def test_cutoff_cap_opens_by_a_fortieth_per_iteration_up_to_the_maximum():
 # ---------------------------------------------------------------------------------------------
 # Equal-size assignment
 
+def candidates(scores, width=None):
+    """Every particle's candidates best first, as ``search.best_candidates`` keeps them."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :width]
+    return order, np.take_along_axis(scores, order, axis=1)
+
+
+def assign(scores, width=None):
+    """Classes of the equal-size assignment from the best ``width`` candidates (all by default)."""
+    reference, score = candidates(scores, width)
+    slot = refs.balanced_assignment(reference, score, scores.shape[1])
+    return reference[np.arange(len(scores)), slot]
+
+
 def stable_assignments(scores):
     """Brute force: every full assignment with classes of at most ceil(N / K) that no (particle,
     class) pair would rather break: a particle preferring class k either finds k full of members
@@ -84,7 +97,7 @@ def test_balanced_assignment_is_the_unique_stable_assignment(count, n_classes, s
     scores = np.random.default_rng(seed).uniform(-1, 1, (count, n_classes))
     stable = stable_assignments(scores)
     assert len(stable) == 1           # distinct scores ranked globally: exactly one stable assignment
-    np.testing.assert_array_equal(refs.balanced_assignment(scores), stable[0])
+    np.testing.assert_array_equal(assign(scores), stable[0])
 
 
 @pytest.mark.parametrize("count,n_classes", [(100, 4), (101, 4), (7, 7), (50, 1), (3, 5)])
@@ -92,7 +105,7 @@ def test_balanced_assignment_sizes(count, n_classes):
     scores = np.random.default_rng(count).standard_normal((count, n_classes))
     # every particle prefers class 0: the unconstrained choice would put all in one class
     scores[:, 0] += 10.0
-    out = refs.balanced_assignment(scores)
+    out = assign(scores)
     sizes = np.bincount(out, minlength=n_classes)
     assert (out >= 0).all() and sizes.sum() == count
     assert sizes.max() <= -(-count // n_classes)
@@ -109,12 +122,52 @@ def test_balanced_assignment_keeps_each_best_class_when_already_balanced():
     best = rng.permutation(np.repeat(np.arange(4), 10))
     scores = rng.uniform(0, 0.5, (40, 4))
     scores[np.arange(40), best] += 1.0
-    np.testing.assert_array_equal(refs.balanced_assignment(scores), best)
+    np.testing.assert_array_equal(assign(scores), best)
+
+
+def greedy_oracle(scores, width):
+    """Plain Python: (particle, candidate) pairs by decreasing score (ties: lower particle, then lower
+    candidate), a particle joins a class with room; those left join their best candidate."""
+    count, n_classes = scores.shape
+    reference, score = candidates(scores, width)
+    pairs = sorted((-score[p, c], p, c) for p in range(count) for c in range(reference.shape[1]))
+    cap, filled, out = -(-count // n_classes), np.zeros(n_classes, int), np.full(count, -1)
+    for _, p, c in pairs:
+        if out[p] < 0 and filled[reference[p, c]] < cap:
+            out[p] = reference[p, c]
+            filled[out[p]] += 1
+    left = out < 0
+    out[left] = reference[left, 0]
+    return out, left
+
+
+def test_balanced_assignment_from_few_candidates():
+    """Noisy preferences, K = 50, C = 8: the kernel agrees with the oracle; classes stay at ceil(N / K)
+    except for the particles whose 8 candidates' classes all filled up (10 of 1000 here), which join
+    their best candidate's class."""
+    rng = np.random.default_rng(7)
+    best = rng.permutation(np.repeat(np.arange(50), 20))
+    scores = rng.uniform(0, 0.5, (1000, 50))
+    scores[np.arange(1000), best] += 0.3
+    expected, left = greedy_oracle(scores, 8)
+    found = assign(scores, 8)
+    np.testing.assert_array_equal(found, expected)
+    assert 0 < left.sum() < 50    # the case is exercised
+    sizes = np.bincount(found[~left], minlength=50)
+    assert (sizes <= 20).all() and sizes.sum() == 1000 - left.sum()
+    np.testing.assert_array_equal(assign(scores), greedy_oracle(scores, None)[0])   # all K: none left
+
+
+def test_balanced_assignment_overflow_joins_the_best_candidate():
+    scores = np.array([[0.9, 0.8, 0.1], [0.7, 0.6, 0.2], [0.5, 0.4, 0.3]])  # all prefer classes 0, 1
+    reference, score = candidates(scores, 2)
+    slot = refs.balanced_assignment(reference, score, 3)      # capacity 1 per class
+    np.testing.assert_array_equal(reference[np.arange(3), slot], [0, 1, 0])   # the third overflows into 0
 
 
 def test_balanced_assignment_ties_keep_the_lower_particle_and_class():
-    np.testing.assert_array_equal(refs.balanced_assignment(np.zeros((4, 2))), [0, 0, 1, 1])
-    np.testing.assert_array_equal(refs.balanced_assignment(np.ones((5, 2))), [0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(assign(np.zeros((4, 2))), [0, 0, 1, 1])
+    np.testing.assert_array_equal(assign(np.ones((5, 2))), [0, 0, 0, 1, 1])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -117,10 +117,9 @@ def context(parts, **options):
 
 def grid_result(ctx, refs):
     cand = loop.search_pass(ctx, refs, np.zeros((ctx.source.count, 4)))
-    choice = np.argmax(cand.score, axis=1)
-    rows = np.arange(len(choice))
-    return cand, choice, search.candidate_params(cand, choice, ctx.shifts, ctx.grid), \
-        cand.score[rows, choice].astype(np.float64)
+    slot = np.zeros(ctx.source.count, np.int64)   # each particle's best candidate
+    return cand, slot, search.candidate_params(cand, slot, ctx.shifts, ctx.grid), \
+        cand.score[:, 0].astype(np.float64)
 
 
 def test_the_refined_shift_is_the_maximum_of_the_correlation(views):
@@ -143,7 +142,8 @@ def test_the_refined_shift_is_the_maximum_of_the_correlation(views):
     values = []
     offsets = shift_grid(0.3, 0.05)
     for delta in offsets:
-        rings = search.normalise_rings(ctx.backend.polar(views, choice, 32 - (t + delta), ctx.grid), ctx.grid)
+        rings = search.normalise_rings(ctx.backend.polar(views, cand.reference[rows, choice], 32 - (t + delta),
+                                                         ctx.grid), ctx.grid)
         own = refine.compact_spectra(rings, ctx.grid, weighted=True)
         values.append(refiner.correlate(spectra, own, rows[:, None], mirror)[1][:, 0])
     values = np.array(values)                       # (offsets, P)

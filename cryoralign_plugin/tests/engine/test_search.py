@@ -2,8 +2,11 @@
 import numpy as np
 import pytest
 
-from cryoralign_plugin.engine import align, geometry, images, synthetic
+from cryoralign_plugin.engine import align, geometry, images, loop, parallel, search, synthetic
+from cryoralign_plugin.engine.backends.cpu import CpuBackend
 from cryoralign_plugin.engine.geometry import MIRROR, PSI, SX, SY
+from cryoralign_plugin.engine.settings import CANDIDATES, Settings
+from cryoralign_plugin.engine.sources import ArraySource
 
 
 def angle_error(found, truth):
@@ -149,3 +152,97 @@ def test_classification_from_random_starts_does_not_collapse():
     res = align.align_multi_reference(parts, n_classes=10, iterations=15, seed=0, radius=36, log=lambda *_: None)
     assert synthetic.purity(res.classes, classes) >= 0.85
     assert res.class_sizes.min() > 0
+
+
+# --- candidates and the preselection (hundreds of classes) -----------------------------------
+
+def candidate_search(particles, refs, **options):
+    """One search pass (no assignment, no averages) with ``options`` as Settings fields."""
+    settings = Settings(backend="cpu", shift_range=3, shift_step=1, **options)
+    ctx = loop.Context(ArraySource(particles), settings, parallel.Serial(), CpuBackend(settings.threads),
+                       lambda *_: None)
+    return loop.search_pass(ctx, refs, np.zeros((len(particles), 4))), ctx
+
+
+@pytest.fixture(scope="module")
+def pairs50():
+    """50 near-duplicate views (25 pairs, each pair's similarity >= 0.95): the hard case for ranking
+    references coarsely."""
+    return synthetic.phantom_pairs(50, 64, seed=0)[0]
+
+
+def same_match(a, b):
+    """Same best reference, mirror and angle (to 1e-3 samples)."""
+    return (a.reference[:, 0] == b.reference[:, 0]) & (a.mirror[:, 0] == b.mirror[:, 0]) \
+        & (np.abs(a.angle[:, 0] - b.angle[:, 0]) < 1e-3)
+
+
+def test_preselected_search_matches_the_search_over_every_reference_at_snr_1(pairs50):
+    parts, classes, _ = synthetic.make_particles(pairs50, 200, snr=1.0, seed=11)
+    fast, ctx = candidate_search(parts, pairs50)
+    assert ctx.settings.resolved_preselect(50) == 8           # automatic: 8 of the 50 at full resolution
+    full, _ = candidate_search(parts, pairs50, preselect=50)
+    assert same_match(fast, full).mean() >= 0.99               # measured 1.0
+    assert (fast.reference[:, 0] == classes).mean() >= 0.97    # and it is the truth (measured 1.0)
+
+
+@pytest.mark.slow
+def test_preselected_search_keeps_the_class_accuracy_at_snr_005(pairs50):
+    """Measured (1000 particles): accuracy 0.737 both ways, every best match the same; with 4 references
+    preselected instead of 8, 0.55% of the matches change and the accuracy drops by 0.0015."""
+    parts, classes, _ = synthetic.make_particles(pairs50, 1000, snr=0.05, seed=12)
+    fast, _ = candidate_search(parts, pairs50)
+    full, _ = candidate_search(parts, pairs50, preselect=50)
+    accuracy = [(c.reference[:, 0] == classes).mean() for c in (fast, full)]
+    assert accuracy[1] > 0.5                         # hard but informative (near-duplicates confused)
+    assert abs(accuracy[0] - accuracy[1]) <= 0.01
+
+
+def test_candidates_are_the_best_of_the_full_search_and_their_size_does_not_grow_with_k():
+    """Oracle: the backend's (P, K) result sorted by score (ties: lower reference); the state kept is
+    (P, CANDIDATES) whatever K."""
+    refs = synthetic.phantom_views(60, 32, seed=1)
+    parts, _, _ = synthetic.make_particles(refs, 40, snr=1.0, seed=2)
+    sizes = []
+    for k in (20, 60):
+        cand, ctx = candidate_search(parts, refs[:k], exhaustive=True)   # 32 px: no preselection
+        rings = search.particle_rings(ctx.backend, ctx.read(np.arange(40)), cand.offsets, ctx.grid)
+        prepared = ctx.backend.prepare_references(search.reference_rings(ctx.backend, refs[:k], ctx.grid,
+                                                                         ctx.shifts), ctx.grid, True)
+        score, shift, mirror, angle = ctx.backend.search(rings, prepared, ctx.grid)
+        order = np.lexsort((np.arange(k)[None].repeat(40, 0), -score.astype(np.float64)), axis=1)
+        order = order[:, :CANDIDATES]
+        rows = np.arange(40)[:, None]
+        np.testing.assert_array_equal(cand.reference, order)
+        for found, full in ((cand.score, score), (cand.shift, shift), (cand.mirror, mirror), (cand.angle, angle)):
+            np.testing.assert_array_equal(found, full[rows, order])
+        sizes.append(sum(getattr(cand, f).nbytes for f in cand.__dataclass_fields__))
+    assert sizes[0] == sizes[1]
+
+
+def test_a_search_restricted_to_members_equals_those_columns_of_the_full_search():
+    refs = synthetic.phantom_views(12, 32, seed=3)
+    parts, _, _ = synthetic.make_particles(refs, 150, snr=0.5, seed=4)
+    grid, shifts = geometry.polar_grid(12), geometry.shift_grid(2, 1)
+    rng = np.random.default_rng(5)
+    members = np.sort(np.stack([rng.choice(12, 5, replace=False) for _ in range(150)]), axis=1).astype(np.int32)
+    for threads in (1, 2):
+        backend = CpuBackend(threads=threads)
+        prepared = backend.prepare_references(search.reference_rings(backend, refs, grid, shifts), grid, True)
+        rings = search.particle_rings(backend, parts, np.zeros((150, 2)), grid)
+        full = backend.search(rings, prepared, grid)
+        restricted = backend.search(rings, prepared, grid, members)
+        for a, b in zip(restricted, full):
+            np.testing.assert_array_equal(a, np.take_along_axis(b, members, axis=1))
+
+
+def test_the_preselection_is_off_for_few_classes_and_with_exhaustive():
+    settings = Settings()
+    assert [settings.resolved_preselect(k) for k in (1, 10, 16, 17, 200, 500)] == [1, 10, 16, 8, 8, 16]
+    assert Settings(exhaustive=True).resolved_preselect(200) == 200
+    assert Settings(preselect=300).resolved_preselect(200) == 200
+    refs = np.zeros((20, 64, 64), np.float32)
+    backend = CpuBackend(threads=1)
+    assert search.Preselection.plan(backend, refs, 27, 3.0, 1.0, True, 20) is None    # every reference
+    assert search.Preselection.plan(backend, refs[:, :24, :24], 8, 3.0, 1.0, True, 8) is None  # too small
+    assert search.Preselection.plan(backend, refs, 27, 3.0, 1.0, True, 8).count == 8

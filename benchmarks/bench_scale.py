@@ -1,0 +1,49 @@
+"""Cost of one full pass (search + averages) as the number of classes K grows: 64 px, radius 27,
+49 shifts, mirror, default preselection (``--exhaustive`` for the old cost).
+
+Prints a table and one JSON line: particles/s, the ratio of each K's pass time to K=10's and the
+peak anonymous RSS during the pass, all measured in one run (the machine is shared).
+Usage: python benchmarks/bench_scale.py [--particles 4000] [--full (adds K=500)] [--exhaustive]
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+
+from bench_search import one_iteration
+from cryoralign_plugin.engine import memory, synthetic
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--particles", type=int, default=4000)
+    parser.add_argument("--full", action="store_true", help="also K=500")
+    parser.add_argument("--exhaustive", action="store_true", help="no preselection, no screening")
+    args = parser.parse_args()
+    ks = (10, 50, 200, 500) if args.full else (10, 50, 200)
+    box = 64
+    refs = synthetic.phantom_views(max(ks), box, seed=0)
+    parts, _, _ = synthetic.make_particles(refs, args.particles, snr=1.0, seed=1)
+    options = {"exhaustive": args.exhaustive}
+    one_iteration(parts[:300], refs, 50, None, **options)   # compile
+    rows = []
+    for k in ks:
+        with memory.PeakMemory() as peak:
+            total, search_s, avg_s = one_iteration(parts, refs, k, None, **options)
+        rows.append({"classes": k, "particles_per_s": args.particles / total, "search_s": search_s,
+                     "averages_s": avg_s, "peak_rss_mb": peak.megabytes})
+    for r in rows:
+        r["time_vs_k10"] = (args.particles / r["particles_per_s"]) / (args.particles / rows[0]["particles_per_s"])
+    print("%8s %14s %10s %12s %12s %14s" % ("classes", "particles/s", "search s", "averages s", "vs K=10",
+                                             "peak RSS MB"))
+    for r in rows:
+        print("%8d %14.0f %10.2f %12.2f %11.2fx %14.0f" % (r["classes"], r["particles_per_s"], r["search_s"],
+                                                           r["averages_s"], r["time_vs_k10"], r["peak_rss_mb"]))
+    print(json.dumps({"benchmark": "scale_in_k", "particles": args.particles, "box": box, "radius": 27,
+                      "shifts": 49, "mirror": True, "exhaustive": args.exhaustive,
+                      "threads": os.cpu_count(), "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
