@@ -8,6 +8,10 @@ correlation coefficient in [-1, 1] comparable across references and shifts.
 Angles: the backend reports the peak position ``j`` in samples of the longest ring.  A straight
 match means the particle rotated by ``psi = 360 j / maxrin`` matches the reference; the mirrored
 correlation is a circular convolution, whose peak ``j`` means ``psi = 180 - 360 j / maxrin``.
+
+Hundreds of references: a :class:`Preselection` ranks every reference on half-size images first and
+the full search sees each particle's best few only, so the cost grows slowly with K; a particle keeps
+its best ``CANDIDATES`` matches (:class:`Candidates`), so the state of a run does not grow with K.
 """
 from dataclasses import dataclass
 

@@ -9,7 +9,11 @@ bands with fewer rows, so no work is spent on zeros.
 Coarse to fine: every (reference, shift, mirror) is first screened on the correlation low-passed
 to ``SCREEN_FREQUENCIES`` angular frequencies (short inverse FFTs); the ``keep`` best (shift, mirror)
 pairs of each (particle, reference) are then correlated at full resolution and the best of those is
-the answer.  With ``exhaustive`` the full-resolution correlation of every pair is scanned.
+the answer.  With ``exhaustive`` the full-resolution correlation of every pair is scanned.  References
+prepared with ``frequencies`` (the engine's preselection) have that one low-pass stage only.
+
+A search restricted to each particle's ``members`` (the preselection's references) groups a block's
+particles by reference, so the matrix products of a reference still take many particles at once.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor

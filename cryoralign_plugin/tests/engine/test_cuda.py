@@ -21,6 +21,7 @@ from cryoralign_plugin.engine.backends.cpu import CpuBackend
 from cryoralign_plugin.engine.geometry import MIRROR, PSI
 
 BOX, RADIUS, SHIFT_RANGE = 32, 10, 1
+MEMBERS = np.array([[1], [0], [1], [0]], np.int32)   # a preselection: one reference per particle
 
 
 def inputs():
@@ -76,6 +77,7 @@ def simulate(path):
     out["spectra"] = d_spec.copy_to_host()
     prepared = timed("prepare_references", gpu.prepare_references, refs, grid, True)
     out["search"] = np.array([a.astype(np.float64) for a in timed("search", gpu.search, parts, prepared, grid)])
+    out["search_members"] = np.array([a.astype(np.float64) for a in gpu.search(parts, prepared, grid, MEMBERS)])
     gpu.shared_limit = 0  # particle spectra read from global memory; no mirror
     straight = gpu.prepare_references(refs, grid, False)
     out["search_global"] = np.array([a.astype(np.float64) for a in
@@ -162,6 +164,12 @@ def test_ring_spectra_match_scipy(sim, cpu_rings, data):
 def test_fused_search_matches_cpu_exhaustive_search(sim, cpu_rings, data):
     assert_same_search(sim["search"], cpu_search(*cpu_rings, data["grid"], True))
     assert sim["search"][2].any()  # the mirror branch was exercised
+
+
+@pytest.mark.cudasim
+def test_search_restricted_to_members_matches_cpu(sim, cpu_rings, data):
+    expected = cpu_search(*cpu_rings, data["grid"], True)
+    assert_same_search(sim["search_members"], np.take_along_axis(expected, MEMBERS[None], axis=2))
 
 
 @pytest.mark.cudasim

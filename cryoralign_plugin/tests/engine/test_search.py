@@ -246,3 +246,13 @@ def test_the_preselection_is_off_for_few_classes_and_with_exhaustive():
     assert search.Preselection.plan(backend, refs, 27, 3.0, 1.0, True, 20) is None    # every reference
     assert search.Preselection.plan(backend, refs[:, :24, :24], 8, 3.0, 1.0, True, 8) is None  # too small
     assert search.Preselection.plan(backend, refs, 27, 3.0, 1.0, True, 8).count == 8
+
+
+def test_preselected_candidates_do_not_depend_on_batches_or_threads(pairs50):
+    parts, _, _ = synthetic.make_particles(pairs50[:24], 60, snr=0.5, seed=13)
+    expected, ctx = candidate_search(parts, pairs50[:24])
+    assert ctx.settings.resolved_preselect(24) < 24
+    for options in (dict(batch_size=7, threads=1), dict(batch_size=25, threads=2)):
+        found, _ = candidate_search(parts, pairs50[:24], **options)
+        for f in expected.__dataclass_fields__:
+            np.testing.assert_array_equal(getattr(found, f), getattr(expected, f))
