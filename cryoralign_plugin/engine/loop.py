@@ -70,27 +70,39 @@ class Context:
 
 def search_pass(ctx, refs, params):
     """:class:`~.search.Candidates` of this rank's particles (none on a rank without any): each
-    particle's best few, against the references its preselection keeps (all of them for small K)."""
+    particle's best few, against the references its preselection keeps (all of them for small K).
+
+    The references are prepared in chunks (:func:`~.search.reference_chunks`; one unless K is
+    large), each searched over every particle; the preselection runs once per batch.
+    """
     settings = ctx.settings
-    search.check_search_size(len(refs), ctx.grid, settings.shift_range, settings.shift_step)
-    prepared = ctx.backend.prepare_references(
-        search.reference_rings(ctx.backend, refs, ctx.grid, ctx.shifts), ctx.grid, settings.mirror)
+    chunks = search.reference_chunks(len(refs), len(ctx.shifts), ctx.grid)
+    search.check_search_size(len(chunks[0]), ctx.grid, settings.shift_range, settings.shift_step)
     preselection = search.Preselection.plan(ctx.backend, refs, ctx.radius, settings.shift_range,
                                             settings.shift_step, settings.mirror,
                                             settings.resolved_preselect(len(refs)))
-    parts = []
+    members, found = {}, {}
     start = last = time.perf_counter()
-    done = 0
-    for batch in ctx.batches():
-        offsets = np.clip(center_offsets(params[batch]), -ctx.offset_limit, ctx.offset_limit)
-        parts.append(search.search(ctx.backend, ctx.read(batch), offsets, prepared, ctx.grid, preselection))
-        done += len(batch)
-        now = time.perf_counter()
-        if now - last > PROGRESS_SECONDS and done < len(ctx.local):
-            ctx.log("  searched %d of %d particles on this rank (%.0f particles/s)"
-                    % (done, len(ctx.local), done / (now - start)))
-            last = now
-    return search.Candidates.concatenate(parts or [search.Candidates.empty(len(refs))])
+    done, total = 0, len(ctx.local) * len(chunks)
+    for chunk in chunks:
+        prepared = ctx.backend.prepare_references(
+            search.reference_rings(ctx.backend, refs[chunk.start:chunk.stop], ctx.grid, ctx.shifts), ctx.grid,
+            settings.mirror)
+        for i, batch in enumerate(ctx.batches()):
+            offsets = np.clip(center_offsets(params[batch]), -ctx.offset_limit, ctx.offset_limit)
+            images = ctx.read(batch)
+            if preselection is not None and i not in members:
+                members[i] = preselection.members(images, offsets)
+            found[i] = search.search(ctx.backend, images, offsets, prepared, ctx.grid, members.get(i),
+                                     chunk.start, found.get(i))
+            done += len(batch)
+            now = time.perf_counter()
+            if now - last > PROGRESS_SECONDS and done < total:
+                ctx.log("  searched %d of %d particles on this rank (%.0f particles/s)"
+                        % (done / len(chunks), len(ctx.local), done / len(chunks) / (now - start)))
+                last = now
+        prepared = None   # before the next chunk is prepared
+    return search.Candidates.concatenate([found[i] for i in sorted(found)] or [search.Candidates.empty(len(refs))])
 
 
 def choose(ctx, cand, n_classes, balanced):

@@ -21,7 +21,7 @@ from numba import njit, prange
 from . import images as imgops
 from . import memory
 from .errors import InputError
-from .settings import CANDIDATES, PRESELECT_CROP, PRESELECT_FREQUENCIES
+from .settings import CANDIDATES, PREPARED_BYTES, PRESELECT_CROP, PRESELECT_FREQUENCIES
 from .geometry import (MIRROR, PSI, SX, SY, largest_radius, polar_grid, rotation, sampling_limit, shift_count,
                        shift_grid)
 
@@ -57,11 +57,18 @@ class Candidates:
 
 
 def best_candidates(reference, score, shift, mirror, angle, offsets, count=CANDIDATES):
-    """:class:`Candidates` from a search's ``(P, M)`` results against references ``reference``
-    ``(P, M)`` (ascending in each row, so a stable sort keeps the lower reference on ties)."""
-    order = np.argsort(-score, axis=1, kind="stable")[:, :count]
+    """:class:`Candidates`: the ``count`` best of a search's ``(P, M)`` results against references
+    ``reference`` ``(P, M)``, ties to the lower reference."""
+    order = np.lexsort((reference, -np.asarray(score, np.float64)), axis=1)[:, :count]
     take = [np.take_along_axis(np.asarray(a), order, axis=1) for a in (reference, score, shift, mirror, angle)]
     return Candidates(*take, offsets)
+
+
+def reference_chunks(n_refs, n_shifts, grid):
+    """Consecutive reference ranges whose prepared operands (:func:`search_bytes`) fit
+    ``PREPARED_BYTES``: one range unless K is large."""
+    size = max(1, min(n_refs, PREPARED_BYTES // search_bytes(1, n_shifts, grid)))
+    return [range(lo, min(lo + size, n_refs)) for lo in range(0, n_refs, size)]
 
 
 def check_geometry(box, grid, shift_range):
@@ -206,19 +213,29 @@ class Preselection:
         rings = particle_rings(self.backend, coarse, np.clip(offsets / PRESELECT_CROP, -self.limit, self.limit),
                                self.grid)
         score = self.backend.search(rings, self.refs, self.grid)[0]
-        best = np.argsort(-score, axis=1, kind="stable")[:, :self.count]
+        best = np.argsort(-score, axis=1, kind="stable")[:, :self.count]   # ties: the lower reference
         return np.sort(best, axis=1).astype(np.int32)
 
 
-def search(backend, images, offsets, prepared, grid, preselection=None):
-    """The best :class:`Candidates` of every particle against the prepared references (those of
-    its ``preselection`` only, when given)."""
+def search(backend, images, offsets, prepared, grid, members=None, first=0, previous=None):
+    """The best :class:`Candidates` of every particle against the prepared references, which are
+    references ``first..`` (a chunk of them; all by default): only those among its ``members``
+    (the preselection's, ``(P, M)`` reference numbers) when given, merged with the candidates
+    ``previous`` found in the other chunks."""
     rings = particle_rings(backend, images, offsets, grid)
-    members = None if preselection is None else preselection.members(images, offsets)
-    score, shift, mirror, angle = backend.search(rings, prepared, grid, members)
+    local, count = None, CANDIDATES
+    if members is not None:
+        local = members - first
+        local[(local < 0) | (local >= prepared.n_refs)] = -1   # in another chunk
+        count = min(count, members.shape[1])
+    score, shift, mirror, angle = backend.search(rings, prepared, grid, local)
     if members is None:
-        members = np.broadcast_to(np.arange(prepared.n_refs, dtype=np.int32), score.shape)
-    return best_candidates(members, score, shift, mirror, angle, offsets)
+        members = first + np.broadcast_to(np.arange(prepared.n_refs, dtype=np.int32), score.shape)
+    found = [members, score, shift, mirror, angle]
+    if previous is not None:
+        found = [np.concatenate([getattr(previous, f), a], axis=1)
+                 for f, a in zip(("reference", "score", "shift", "mirror", "angle"), found)]
+    return best_candidates(*found, offsets, count)
 
 
 def candidate_params(candidates, slot, shifts, grid):

@@ -22,6 +22,10 @@ CANDIDATES = 8
 # as before), else max(PRESELECT_LEAST, K / PRESELECT_FRACTION).  On near-duplicate views (K = 50, SNR
 # 0.05) 8 references change no particle's best match, 4 change 0.55%.
 PRESELECT_CROP = 2
+# References prepared for the full search at a time, as search.search_bytes estimates them (it
+# overestimates the CPU's ~2.8 MB per reference at 64 px, 49 shifts, by ~2.3x): more references are
+# searched in chunks, each one more read of the particles, so a pass's memory stays bounded in K.
+PREPARED_BYTES = 2 * 2 ** 30
 PRESELECT_FREQUENCIES = 16   # angular frequencies of the preselection's correlations
 PRESELECT_ALL_UP_TO = 16
 PRESELECT_LEAST = 8

@@ -53,7 +53,8 @@ class Backend(ABC):
     @abstractmethod
     def search(self, rings, refs, grid, members=None):
         """Best match of every particle against every prepared reference, or against its
-        ``members`` only (``(P, M)`` reference indices, ascending per row: the preselection).
+        ``members`` only (``(P, M)`` reference indices, ascending per row: the preselection; -1:
+        none, the score there is -inf).
 
         ``rings`` ``(P, T)`` normalised particle rings, ``refs`` from :meth:`prepare_references`.
         Returns four ``(P, K)`` arrays (``(P, M)`` with ``members``, column ``q`` for reference

@@ -224,8 +224,8 @@ class CpuBackend(base.Backend):
         """
         count = len(rings)
         width = refs.n_refs if members is None else members.shape[1]
-        out = (np.empty((count, width), np.float32), np.empty((count, width), np.int32),
-               np.empty((count, width), np.int8), np.empty((count, width), np.float32))
+        out = (np.empty((count, width), np.float32), np.zeros((count, width), np.int32),
+               np.zeros((count, width), np.int8), np.zeros((count, width), np.float32))
         block = self._block_size(refs, grid)
         outer = block
         if members is not None:   # each reference sees about M / K of a block's particles
@@ -243,7 +243,8 @@ class CpuBackend(base.Backend):
                     self._match(operands, particles, k, refs, grid, local, k)
                 return
             chosen = members[sl]
-            for k in np.unique(chosen):
+            local[0][chosen < 0] = -np.inf   # no reference there (another chunk's)
+            for k in np.unique(chosen[chosen >= 0]):
                 rows, cols = np.nonzero(chosen == k)
                 for lo in range(0, len(rows), block):
                     p, q = rows[lo:lo + block], cols[lo:lo + block]

@@ -203,7 +203,8 @@ class CudaBackend(base.Backend):
                 d.copy_to_host(o[a:b])
         self._in_batches(count, search_bytes(host, refs.n_refs), run)
         if members is not None:
-            out = tuple(np.take_along_axis(o, members, axis=1) for o in out)
+            out = tuple(np.take_along_axis(o, np.maximum(members, 0), axis=1) for o in out)
+            out[0][members < 0] = -np.inf
         return out
 
     # --- averages ---------------------------------------------------------

@@ -256,3 +256,16 @@ def test_preselected_candidates_do_not_depend_on_batches_or_threads(pairs50):
         found, _ = candidate_search(parts, pairs50[:24], **options)
         for f in expected.__dataclass_fields__:
             np.testing.assert_array_equal(getattr(found, f), getattr(expected, f))
+
+
+@pytest.mark.parametrize("box,k,chunk", [(64, 24, 5), (32, 20, 7)])   # preselected, then every reference
+def test_references_prepared_in_chunks_give_the_same_candidates(pairs50, monkeypatch, box, k, chunk):
+    refs = pairs50[:k] if box == 64 else synthetic.phantom_views(k, box, seed=1)
+    parts, _, _ = synthetic.make_particles(refs, 50, snr=0.5, seed=14)
+    expected, ctx = candidate_search(parts, refs, batch_size=20)
+    per = search.search_bytes(1, len(ctx.shifts), ctx.grid)
+    monkeypatch.setattr(search, "PREPARED_BYTES", chunk * per)
+    assert len(search.reference_chunks(k, len(ctx.shifts), ctx.grid)) == -(-k // chunk)
+    found, _ = candidate_search(parts, refs, batch_size=20)
+    for f in expected.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(found, f), getattr(expected, f))
