@@ -188,22 +188,25 @@ class Preselection:
 
     def __init__(self, backend, refs, radius, shift_range, shift_step, mirror, count):
         self.backend, self.count = backend, int(count)
-        self.box = refs.shape[-1] // PRESELECT_CROP // 2 * 2
-        coarse_range = shift_range / PRESELECT_CROP
-        self.grid = polar_grid(min(radius // PRESELECT_CROP, largest_radius(self.box, coarse_range)))
-        self.shifts = shift_grid(coarse_range, max(1.0, shift_step / PRESELECT_CROP))
+        self.box, coarse_radius = self.geometry(refs.shape[-1], radius, shift_range)
+        self.grid = polar_grid(coarse_radius)
+        self.shifts = shift_grid(shift_range / PRESELECT_CROP, max(1.0, shift_step / PRESELECT_CROP))
         self.limit = offset_limit(self.box, self.grid)
         self.refs = backend.prepare_references(
             reference_rings(backend, imgops.fourier_crop(refs, self.box), self.grid, self.shifts), self.grid, mirror,
             PRESELECT_FREQUENCIES)
 
+    @staticmethod
+    def geometry(box, radius, shift_range):
+        """The coarse box (even) and outer ring for a ``box`` px search with ``radius`` and ``shift_range``."""
+        coarse = box // PRESELECT_CROP // 2 * 2
+        return coarse, min(radius // PRESELECT_CROP, largest_radius(coarse, shift_range / PRESELECT_CROP))
+
     @classmethod
     def plan(cls, backend, refs, radius, shift_range, shift_step, mirror, count):
         """A :class:`Preselection`, or None when it would keep every reference or the coarse rings
         would be too few (small images): then the full search sees every reference."""
-        box = refs.shape[-1] // PRESELECT_CROP // 2 * 2
-        coarse = min(radius // PRESELECT_CROP, largest_radius(box, shift_range / PRESELECT_CROP))
-        if count >= len(refs) or coarse < cls.MIN_RADIUS:
+        if count >= len(refs) or cls.geometry(refs.shape[-1], radius, shift_range)[1] < cls.MIN_RADIUS:
             return None
         return cls(backend, refs, radius, shift_range, shift_step, mirror, count)
 
