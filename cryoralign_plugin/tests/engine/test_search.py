@@ -186,10 +186,10 @@ def test_preselected_search_matches_the_search_over_every_reference_at_snr_1(pai
     assert (fast.reference[:, 0] == classes).mean() >= 0.97    # and it is the truth (measured 1.0)
 
 
-@pytest.mark.slow
 def test_preselected_search_keeps_the_class_accuracy_at_snr_005(pairs50):
-    """Measured (1000 particles): accuracy 0.737 both ways, every best match the same; with 4 references
-    preselected instead of 8, 0.55% of the matches change and the accuracy drops by 0.0015."""
+    """Measured: accuracy 0.746 both ways, every best match the same (on another draw of 2000
+    particles, 0.7385 both ways; with 4 references preselected instead of 8, 0.55% of the matches
+    change there and the accuracy drops by 0.0015)."""
     parts, classes, _ = synthetic.make_particles(pairs50, 1000, snr=0.05, seed=12)
     fast, _ = candidate_search(parts, pairs50)
     full, _ = candidate_search(parts, pairs50, preselect=50)
