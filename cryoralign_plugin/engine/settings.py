@@ -14,8 +14,9 @@ from .geometry import largest_radius
 # Angular frequencies of the CPU search's coarse (screening) stage; ``exhaustive`` skips that stage.
 SCREEN_FREQUENCIES = 32
 # Candidates kept per particle after a search (best first): enough for the assignment margin, equal-size
-# assignment and refinement, and independent of the number of classes K.
-CANDIDATES = 8
+# assignment and refinement, and independent of the number of classes K; with K <= 10 every reference
+# is kept, so the equal-size assignment of small runs is the one over the full (N, K) table.
+CANDIDATES = 10
 # Preselection: references are screened on particles Fourier-cropped by PRESELECT_CROP, on
 # PRESELECT_FREQUENCIES angular frequencies, then the full search runs against the best ``preselect`` of
 # them.  Automatic ``preselect``: every reference up to PRESELECT_ALL_UP_TO classes (small-K runs search
