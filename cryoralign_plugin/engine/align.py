@@ -9,7 +9,7 @@ continues only a run with the same manifest, ``overwrite`` replaces a previous r
 import numpy as np
 
 from . import images as imgops
-from . import loop, outputs, parallel, references as reference_ops, rundir
+from . import loop, minibatch, outputs, parallel, references as reference_ops, rundir
 from .backends import get_backend
 from .errors import InputError
 from .settings import Settings
@@ -45,6 +45,7 @@ def _run(ctx, n_refs, initial_state, reseed, out_dir, resume, overwrite, command
     The initial state is built only after the folder is claimed and only when no checkpoint is resumed:
     for RFA it is a pass over every particle, which a refused or continued run must not pay for.
     """
+    subsets = minibatch.schedule(ctx.settings, ctx.source.count, n_refs)   # refuses before the folder is claimed
     claim = None
     if out_dir is not None:
         if ctx.comm.rank == 0:   # claims the folder (or refuses, writing nothing) before anything is written
@@ -59,7 +60,7 @@ def _run(ctx, n_refs, initial_state, reseed, out_dir, resume, overwrite, command
             ctx.log("continuing after iteration %d" % state.iteration)
         else:
             state = initial_state()
-        state = loop.iterate(ctx, state, reseed, out_dir)
+        state = loop.iterate(ctx, state, reseed, out_dir, subsets)
         result = loop.Result(state.classes, state.params, state.scores, state.averages, state.references,
                              state.cutoffs, state.history)
         if out_dir is not None and ctx.comm.rank == 0:

@@ -160,6 +160,18 @@ def build_parser():
     mra.add_argument("--balanced-iterations", type=int, default=d.balanced_iterations,
                      help="equal-size assignment for this many first iterations (default: automatic, the "
                           "first 5, whatever --iterations is, so that extending a run keeps its schedule)")
+    g = mra.add_argument_group("mini-batch iterations (large sets)")
+    switch = g.add_mutually_exclusive_group()
+    switch.add_argument("--minibatch", dest="minibatch", action="store_const", const=True, default=d.minibatch,
+                        help="search growing random subsets in the first iterations (default: automatic, when "
+                             "the first subset is under half the particles)")
+    switch.add_argument("--no-minibatch", dest="minibatch", action="store_const", const=False,
+                        help="search every particle in every iteration")
+    g.add_argument("--minibatch-per-class", type=int, default=d.minibatch_per_class,
+                   help="particles per class in the first subset (default: %(default)s)")
+    g.add_argument("--minibatch-iterations", type=int, default=d.minibatch_iterations,
+                   help="iterations searching subsets, growing geometrically towards all particles; later "
+                        "ones search all (default: %(default)s)")
     info = sub.add_parser("info", help="versions, backends, GPUs and MPI size")
     info.add_argument("--box", type=int, default=0, help="with --classes and --shift-range: batch size")
     info.add_argument("--classes", type=int, default=1)

@@ -5,6 +5,7 @@ assign each particle its best reference -> re-seed starved classes -> average th
 their new parameters -> filtered references for the next iteration.  After each iteration the
 state is checkpointed (atomically) so ``resume`` continues from the last complete one.
 """
+import copy
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import images as imgops
-from . import criteria, ctf_correction, outputs, references, refine, search
+from . import criteria, ctf_correction, minibatch, outputs, references, refine, search
 from .errors import InputError
 from .geometry import MIRROR, PSI, SX, SY, center_offsets, polar_grid, shift_grid
 
@@ -54,9 +55,32 @@ class Context:
         search.check_search_size(1, self.grid, settings.shift_range, settings.shift_step)  # before allocating
         self.shifts = shift_grid(settings.shift_range, settings.shift_step)
         self.offset_limit = search.offset_limit(box, self.grid)
+        self.active = None   # every particle (see :meth:`subset`)
         self.local = np.arange(source.count)[comm.local_slice(source.count)]
+        self.share = comm.local_slice(source.count)   # this rank's rows of an allgathered array
         self.correction = ctf_correction.resolve(settings, source)
         log(self.correction.describe())
+
+    def subset(self, active):
+        """This context over the particles ``active`` only (sorted global indices; None: all), split
+        over the ranks in blocks as all of them are, so that gathered arrays are in ``active`` order."""
+        if active is None:
+            return self
+        part = copy.copy(self)
+        part.active = np.asarray(active, np.int64)
+        part.share = self.comm.local_slice(len(part.active))
+        part.local = part.active[part.share]
+        return part
+
+    def gather(self, full, local):
+        """``full`` (a per-particle array in input order) with this subset's rows replaced by the
+        ranks' ``local`` values."""
+        gathered = self.comm.allgather(local)
+        if self.active is None:
+            return gathered
+        out = np.array(full, dtype=gathered.dtype)
+        out[self.active] = gathered
+        return out
 
     def batches(self):
         size = max(1, int(self.settings.batch_size))
@@ -120,13 +144,16 @@ def _angle_change(new, old):
     return np.abs((new[:, PSI] - old[:, PSI] + 180.0) % 360.0 - 180.0)
 
 
-def _summary(ctx, state, new_params, new_classes, new_scores, seconds):
-    """One history row; ``changed`` is what auto-stop watches (classes for K > 1, else parameters)."""
+def _summary(ctx, state, new_params, new_classes, new_scores, seconds, searched=slice(None)):
+    """One history row over the particles ``searched`` (indices or a slice); ``changed`` is what
+    auto-stop watches (classes for K > 1, else parameters)."""
     n_classes = len(state.references)
-    angle = _angle_change(new_params, state.params)
-    shift = np.hypot(*(new_params[:, [SX, SY]] - state.params[:, [SX, SY]]).T)
-    mirrored = new_params[:, MIRROR] != state.params[:, MIRROR]
-    class_changed = new_classes != state.classes
+    new_params, new_classes, new_scores = new_params[searched], new_classes[searched], new_scores[searched]
+    old_params, old_classes = state.params[searched], state.classes[searched]
+    angle = _angle_change(new_params, old_params)
+    shift = np.hypot(*(new_params[:, [SX, SY]] - old_params[:, [SX, SY]]).T)
+    mirrored = new_params[:, MIRROR] != old_params[:, MIRROR]
+    class_changed = new_classes != old_classes
     moved = mirrored | (angle > 360.0 / ctx.grid.maxrin) | (shift > ctx.settings.shift_step)
     changed = class_changed if n_classes > 1 else moved
     count = len(new_classes)
@@ -154,56 +181,71 @@ class State:
     history: list
 
 
-def iterate(ctx, state, reseed, out_dir=None):
-    """Run iterations ``state.iteration + 1 ..`` up to the limit (or auto-stop); return the state."""
+def iterate(ctx, state, reseed, out_dir=None, subsets=None):
+    """Run iterations ``state.iteration + 1 ..`` up to the limit (or auto-stop); return the state.
+
+    ``subsets(iteration)`` gives the sorted global indices of the particles searched in that iteration,
+    or None for all (default: the settings' mini-batch schedule, :mod:`.minibatch`).  The others keep
+    their class and parameters; the averages take every particle with a class.  Auto-stop is judged
+    only on iterations that search every particle.
+    """
     settings, comm = ctx.settings, ctx.comm
     n_classes = len(state.references)
-    min_members = settings.resolved_min_members(ctx.source.count, n_classes)
+    if subsets is None:
+        subsets = minibatch.schedule(settings, ctx.source.count, n_classes)
     balanced = settings.resolved_balanced_iterations()
     for iteration in range(state.iteration + 1, settings.iterations + 1):
         start = time.perf_counter()
-        cand = search_pass(ctx, state.references, state.params)
+        part = ctx.subset(subsets(iteration))   # the particles this iteration searches
+        cand = search_pass(part, state.references, state.params)
         if reseed and n_classes > 1 and iteration <= balanced:
-            choice = references.balanced_assignment(comm.allgather(cand.score))[ctx.local]
+            choice = references.balanced_assignment(comm.allgather(cand.score))[part.share]
         else:
             choice = np.argmax(cand.score, axis=1)  # ties: the lowest class number
         local = search.candidate_params(cand, choice, ctx.shifts, ctx.grid)
         rows = np.arange(len(choice))
         local_scores = cand.score[rows, choice].astype(np.float64)
         if settings.refine_shifts:
-            local, local_scores = refine.refine_pass(ctx, state.references, cand, choice, local, local_scores)
-        params = comm.allgather(local)
-        scores = comm.allgather(local_scores)
-        classes = comm.allgather(choice.astype(np.int64))
+            local, local_scores = refine.refine_pass(part, state.references, cand, choice, local, local_scores)
+        params = part.gather(state.params, local)
+        scores = part.gather(state.scores, local_scores)
+        classes = part.gather(state.classes, choice.astype(np.int64))
         margins = comm.allgather(criteria.margins(cand.score))
+        searched = slice(None) if part.active is None else part.active
+        assigned = classes >= 0
         events = []
         if reseed and n_classes > 1:
+            min_members = settings.resolved_min_members(int(assigned.sum()), n_classes)
             classes, events = references.reseed_starved(classes, scores, n_classes, min_members)
         parity = np.arange(len(classes)) % 2
         counts = references.class_counts(classes, parity, n_classes)
         cap = references.cutoff_cap(iteration) if n_classes > 1 else references.MAX_CUTOFF
-        refs, cutoffs, averages = class_references(ctx, params, classes, counts, cap)
-        row = {"iteration": iteration}
-        row.update(_summary(ctx, state, params, classes, scores, time.perf_counter() - start))
+        members = ctx.subset(None if assigned.all() else np.flatnonzero(assigned))
+        refs, cutoffs, averages = class_references(members, params, classes, counts, cap)
+        row = {"iteration": iteration, "searched": len(margins)}
+        row.update(_summary(ctx, state, params, classes, scores, time.perf_counter() - start, searched))
         row["class_sizes"] = counts.sum(axis=1).tolist()
         row["resolution_px"] = (1.0 / cutoffs).tolist()
         row["reseeded"] = events
-        row.update(criteria.class_criteria(classes, scores, margins, n_classes))
+        row.update(criteria.class_criteria(classes[searched], scores[searched], margins, n_classes))
         state = State(iteration, params, classes, scores, refs, cutoffs, averages, state.history + [row])
         if out_dir is not None and comm.rank == 0:
             save(out_dir, state)
-        ctx.log(progress_line(row, settings.iterations))
-        if settings.auto_stop and row["changed"] < settings.stop_fraction:
+        ctx.log(progress_line(row, settings.iterations, ctx.source.count))
+        if settings.auto_stop and part.active is None and row["changed"] < settings.stop_fraction:
             ctx.log("converged: %.2f%% of the particles changed (< %.2f%%)"
                     % (100 * row["changed"], 100 * settings.stop_fraction))
             break
     return state
 
 
-def progress_line(row, iterations):
-    text = ("iteration %d/%d: %.0f particles/s, mean score %.4f, class changes %.1f%%, "
+def progress_line(row, iterations, count=None):
+    """The log line of a history row; a mini-batch iteration says how many of the ``count`` particles
+    it searched."""
+    batch = "" if count is None or row["searched"] == count else " (searched %d of %d)" % (row["searched"], count)
+    text = ("iteration %d/%d%s: %.0f particles/s, mean score %.4f, class changes %.1f%%, "
             "angle change %.2f deg, shift change %.2f px, %.1f s"
-            % (row["iteration"], iterations, row["particles_per_second"], row["mean_score"],
+            % (row["iteration"], iterations, batch, row["particles_per_second"], row["mean_score"],
                100 * row["class_changes"], row["mean_angle_change"], row["mean_shift_change"], row["seconds"]))
     for event in row["reseeded"]:
         text += "\n  re-seeded class %(class)d with %(members)d particles of class %(from_class)d" % event

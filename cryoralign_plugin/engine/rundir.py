@@ -62,7 +62,7 @@ MANIFEST_FORMAT = 1
 PROGRAM = "cryoralign-engine"
 # Settings that cannot change the result: free to differ on --continue, so not in the manifest.
 FREE_SETTINGS = ("iterations", "auto_stop", "stop_fraction", "backend", "gpu", "threads", "batch_size")
-# Settings that only multireference alignment uses (seed: only to draw the initial references).
+# Settings that only multireference alignment uses.
 MRA_SETTINGS = ("min_members", "balanced_iterations")
 SAMPLED_IMAGES = 3   # images hashed at each end and in the middle of the input
 SHOWN_DIGEST = 12    # hex digits of a digest shown in messages
@@ -150,7 +150,9 @@ def manifest(command, settings, source, radius, n_classes, start):
     chosen = {}
     for f in dataclasses.fields(settings):
         name = f.name
-        if name in FREE_SETTINGS or name == "seed" or (command != "mra" and name in MRA_SETTINGS):
+        # the seed draws random initial references (then in ``start``) and the mini-batch subsets
+        if name in FREE_SETTINGS or (name == "seed" and "seed" in start) or \
+                (command != "mra" and name in MRA_SETTINGS):
             continue
         chosen[name] = getattr(settings, name)
     chosen["radius"] = int(radius)

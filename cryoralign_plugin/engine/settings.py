@@ -15,6 +15,10 @@ from .geometry import largest_radius
 SCREEN_FREQUENCIES = 32
 # Automatic balanced_iterations: the first 5 iterations (half of the default 10), whatever the total.
 BALANCED_ITERATIONS = 5
+# Mini-batch iterations (:mod:`.minibatch`): cryoSPARC's 100 particles per class at first, growing over the
+# first 5 iterations (the balanced ones), then full passes.
+MINIBATCH_PER_CLASS = 100
+MINIBATCH_ITERATIONS = 5
 
 
 @dataclass
@@ -35,6 +39,9 @@ class Settings:
     min_members: Optional[int] = None          # re-seed classes smaller than this; None: N / (4 K), at least 2
     balanced_iterations: Optional[int] = None  # equal-size assignment for the first iterations; None: 5
     batch_size: int = 2048
+    minibatch: Optional[bool] = None   # search growing random subsets first; None: automatic (K > 1, first < N/2)
+    minibatch_per_class: int = MINIBATCH_PER_CLASS     # particles per class in the first subset
+    minibatch_iterations: int = MINIBATCH_ITERATIONS   # iterations searching subsets (0: none)
     use_prior: bool = False        # start from the input's alignment instead of zero
     backend: str = "auto"
     threads: Optional[int] = None  # CPU threads per rank; None: all cores
@@ -64,6 +71,12 @@ class Settings:
         _whole(self, "balanced_iterations", 0, "give a number of iterations >= 0, or leave it out "
                                                "(automatic: the first 5)", optional=True)
         _whole(self, "batch_size", 1, "give at least 1 particle per batch")
+        if self.minibatch not in (None, True, False):
+            raise InputError("minibatch %r: give True, False or None (automatic)" % (self.minibatch,))
+        _whole(self, "minibatch_per_class", 1, "give at least 1 particle per class for the first mini-batch "
+                                               "(default %d), or --no-minibatch" % MINIBATCH_PER_CLASS)
+        _whole(self, "minibatch_iterations", 0, "give a number of iterations >= 0 (0: no mini-batches; "
+                                                "default %d)" % MINIBATCH_ITERATIONS)
         _whole(self, "threads", 1, "give at least 1 thread, or leave it out (automatic: all cores)",
                optional=True)
         if self.backend not in ("auto", "cpu", "cuda"):
