@@ -259,6 +259,14 @@ class TestForms(BaseTest):
         self.assertTrue(args.endswith('--backend auto --gpu "%(GPU)s"'), args)
         self.assertIn("--verbose 100% --backend auto", args % {"GPU": "0 1"})
 
+    def test_miniBatchArguments(self):
+        args = self.newClassify()._getEngineArgs()   # automatic: the engine decides, with the form's sizes
+        self.assertIn("--minibatch-per-class 100 --minibatch-iterations 5", args)
+        self.assertNotIn("-minibatch ", args)
+        self.assertIn("--minibatch --minibatch-per-class 20 ",
+                      self.newClassify(miniBatch=1, miniBatchPerClass=20)._getEngineArgs())
+        self.assertIn("--no-minibatch ", self.newClassify(miniBatch=2)._getEngineArgs())
+
 
 @slow
 class TestRuns(BaseTest):
