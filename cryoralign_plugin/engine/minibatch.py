@@ -14,8 +14,11 @@ which with other subsets (``loop.iterate(subsets=...)``) may be older.  Drawing 
 iteration instead (cryoSPARC) left stale alignments in the averages and classified worse on
 ``benchmarks/bench_minibatch.py``'s near-duplicate pairs (purity -0.050 against -0.020 for random start 1).
 The subsets depend only on the seed and the iteration: the same for any number of MPI ranks and
-after ``--continue``.  The schedule does not depend on ``iterations`` (free
-to grow on ``--continue``), so a run must be long enough to end on full passes.
+after ``--continue``.  A run must end on full passes: forced mini-batches with too few ``iterations``
+are refused, automatic ones are off.  That is the one use of ``iterations`` (free to grow on
+``--continue``): a run of at most ``minibatch_iterations`` in automatic mode, extended past them with
+``--continue``, searches subsets in its remaining early iterations, where a straight run of that
+length searched them from iteration 1.
 """
 import numpy as np
 
@@ -31,11 +34,12 @@ def first_size(settings, n_classes):
 
 def enabled(settings, count, n_classes):
     """Whether a run of ``count`` particles into ``n_classes`` uses mini-batches: as forced by
-    ``settings.minibatch``, else (automatic) for K > 1 when the first subset is under half of them."""
-    first = first_size(settings, n_classes)
+    ``settings.minibatch``, else (automatic) for K > 1 when the first subset is under half of them
+    and ``iterations`` leaves at least one full pass after the mini-batch iterations."""
+    first, m = first_size(settings, n_classes), settings.minibatch_iterations
     if settings.minibatch is not None:
-        return bool(settings.minibatch) and settings.minibatch_iterations > 0 and first < count
-    return n_classes > 1 and settings.minibatch_iterations > 0 and 2 * first < count
+        return bool(settings.minibatch) and m > 0 and first < count
+    return n_classes > 1 and 0 < m < settings.iterations and 2 * first < count
 
 
 class Schedule:

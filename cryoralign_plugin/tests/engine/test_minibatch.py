@@ -51,6 +51,8 @@ def test_subsets_depend_only_on_the_seed_and_the_iteration():
     (dict(minibatch=False), 10 ** 6, 200, False),
     (dict(minibatch_iterations=0), 10 ** 6, 200, False),
     (dict(minibatch=True, minibatch_per_class=5), 40, 1, True),
+    (dict(iterations=5), 10 ** 6, 200, False),     # automatic: no full pass would follow the 5 subsets
+    (dict(iterations=6), 10 ** 6, 200, True),
 ])
 def test_when_mini_batches_are_used(options, count, k, expected):
     settings = Settings(**options)
@@ -184,7 +186,7 @@ def test_other_bad_mini_batch_settings_are_refused(options, expected):
         Settings(**options).check()
 
 
-def test_too_few_iterations_for_the_schedule_are_refused_before_anything_runs(particles):
+def test_too_few_iterations_for_forced_mini_batches_are_refused_before_anything_runs(particles):
     images, _ = particles
     with pytest.raises(InputError, match=re.escape("--iterations 2 ends within the mini-batch iterations")) as err:
         align.align_multi_reference(images, n_classes=2, iterations=2, minibatch=True, minibatch_per_class=5,
