@@ -164,7 +164,7 @@ def build_parser():
     switch = g.add_mutually_exclusive_group()
     switch.add_argument("--minibatch", dest="minibatch", action="store_const", const=True, default=d.minibatch,
                         help="search growing random subsets in the first iterations (default: automatic, when "
-                             "the first subset is under half the particles)")
+                             "the first subset is under half the particles and full passes follow)")
     switch.add_argument("--no-minibatch", dest="minibatch", action="store_const", const=False,
                         help="search every particle in every iteration")
     g.add_argument("--minibatch-per-class", type=int, default=d.minibatch_per_class,

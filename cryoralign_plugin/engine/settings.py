@@ -39,7 +39,7 @@ class Settings:
     min_members: Optional[int] = None          # re-seed classes smaller than this; None: N / (4 K), at least 2
     balanced_iterations: Optional[int] = None  # equal-size assignment for the first iterations; None: 5
     batch_size: int = 2048
-    minibatch: Optional[bool] = None   # search growing random subsets first; None: automatic (K > 1, first < N/2)
+    minibatch: Optional[bool] = None   # search growing random subsets first; None: automatic (minibatch.enabled)
     minibatch_per_class: int = MINIBATCH_PER_CLASS     # particles per class in the first subset
     minibatch_iterations: int = MINIBATCH_ITERATIONS   # iterations searching subsets (0: none)
     use_prior: bool = False        # start from the input's alignment instead of zero

@@ -65,7 +65,7 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
                       help='As cryoSPARC\'s online EM: the first iterations search growing random subsets '
                            'of the particles (the others keep their class), later ones every particle. '
                            'Automatic: on when the first subset (particles per class x classes) is under '
-                           'half of the particles.')
+                           'half of the particles and the iterations leave full passes after them.')
         form.addParam('miniBatchPerClass', params.IntParam, default=DEFAULTS.minibatch_per_class,
                       condition='not doContinue and miniBatch != 2', validators=[params.Positive],
                       expertLevel=params.LEVEL_ADVANCED, label='Particles per class in the first subset')
