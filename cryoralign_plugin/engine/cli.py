@@ -160,6 +160,20 @@ def build_parser():
     mra.add_argument("--balanced-iterations", type=int, default=d.balanced_iterations,
                      help="equal-size assignment for this many first iterations (default: automatic, the "
                           "first 5, whatever --iterations is, so that extending a run keeps its schedule)")
+    g = mra.add_argument_group("growing run (streaming)")
+    g.add_argument("--grow", action="store_true",
+                   help="the input extends the run in --out (its first particles are that run's): keep their "
+                        "classes, place the new ones, seed a class from those that fit none; starts the run "
+                        "if --out holds none (with --classes)")
+    g.add_argument("--last-batch", action="store_true",
+                   help="with --grow: the input is complete: then --final-iterations over all particles")
+    g.add_argument("--grow-iterations", type=int, default=d.grow_iterations,
+                   help="with --grow: iterations searching only the new particles (default: %(default)s)")
+    g.add_argument("--final-iterations", type=int, default=d.final_iterations,
+                   help="with --last-batch: iterations over all particles (default: %(default)s)")
+    g.add_argument("--new-class-members", type=int, default=d.new_class_members,
+                   help="with --grow: the fewest new particles fitting no class that seed a new class "
+                        "(default: automatic, max(10, new / (2 (K + 1))))")
     info = sub.add_parser("info", help="versions, backends, GPUs and MPI size")
     info.add_argument("--box", type=int, default=0, help="with --classes and --shift-range: batch size")
     info.add_argument("--classes", type=int, default=1)
@@ -195,8 +209,19 @@ def run(args, comm):
                                                               comm.size))
     common = dict(settings=settings, out_dir=args.out, resume=args.resume, overwrite=args.overwrite, comm=comm,
                   log=log, inputs=[("references file", args.references)] if getattr(args, "references", None) else [])
+    grow = getattr(args, "grow", False)
+    if grow and (args.references or args.resume or args.overwrite):
+        raise InputError("--grow starts from --classes and resumes by itself: leave out %s" % " and ".join(
+            f for f, on in (("--references", args.references), ("--continue", args.resume),
+                            ("--overwrite", args.overwrite)) if on))
+    if getattr(args, "last_batch", False) and not grow:
+        raise InputError("--last-batch ends a growing run: give --grow too")
     with PeakMemory() as memory:
-        if args.command == "rfa":
+        if grow:
+            from .grow import grow_multi_reference
+            grow_multi_reference(source, n_classes=args.classes, settings=settings, out_dir=args.out,
+                                 final=args.last_batch, comm=comm, log=log)
+        elif args.command == "rfa":
             align.align_reference_free(source, **common)
         elif args.references:
             align.align_multi_reference(source, references=read_stack(args.references), **common)

@@ -5,6 +5,7 @@ assign each particle its best reference -> re-seed starved classes -> average th
 their new parameters -> filtered references for the next iteration.  After each iteration the
 state is checkpointed (atomically) so ``resume`` continues from the last complete one.
 """
+import copy
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -57,6 +58,12 @@ class Context:
         self.local = np.arange(source.count)[comm.local_slice(source.count)]
         self.correction = ctf_correction.resolve(settings, source)
         log(self.correction.describe())
+
+    def restricted(self, subset):
+        """This context searching only the particles ``subset`` (sorted global indices) of this rank's share."""
+        sub = copy.copy(self)
+        sub.local = np.intersect1d(self.local, subset)
+        return sub
 
     def batches(self):
         size = max(1, int(self.settings.batch_size))
@@ -154,15 +161,22 @@ class State:
     history: list
 
 
-def iterate(ctx, state, reseed, out_dir=None):
-    """Run iterations ``state.iteration + 1 ..`` up to the limit (or auto-stop); return the state."""
+def iterate(ctx, state, reseed, out_dir=None, subsets=None):
+    """Run iterations ``state.iteration + 1 ..`` up to the limit (or auto-stop); return the state.
+
+    ``subsets(iteration)``, if given, returns the sorted global indices of the particles to search in
+    that iteration (None: all); the others keep their class and parameters, and the averages are of
+    every particle.  The history row's ``searched`` says how many were searched.
+    """
     settings, comm = ctx.settings, ctx.comm
     n_classes = len(state.references)
     min_members = settings.resolved_min_members(ctx.source.count, n_classes)
     balanced = settings.resolved_balanced_iterations()
     for iteration in range(state.iteration + 1, settings.iterations + 1):
         start = time.perf_counter()
-        cand = search_pass(ctx, state.references, state.params)
+        subset = subsets(iteration) if subsets is not None else None
+        searched = ctx if subset is None else ctx.restricted(subset)
+        cand = search_pass(searched, state.references, state.params)
         if reseed and n_classes > 1 and iteration <= balanced:
             choice = references.balanced_assignment(comm.allgather(cand.score))[ctx.local]
         else:
@@ -171,11 +185,14 @@ def iterate(ctx, state, reseed, out_dir=None):
         rows = np.arange(len(choice))
         local_scores = cand.score[rows, choice].astype(np.float64)
         if settings.refine_shifts:
-            local, local_scores = refine.refine_pass(ctx, state.references, cand, choice, local, local_scores)
+            local, local_scores = refine.refine_pass(searched, state.references, cand, choice, local,
+                                                     local_scores)
         params = comm.allgather(local)
         scores = comm.allgather(local_scores)
         classes = comm.allgather(choice.astype(np.int64))
         margins = comm.allgather(criteria.margins(cand.score))
+        if subset is not None:   # the searched particles' new values among everyone's current ones
+            params, scores, classes = _merged(state, subset, params, scores, classes)
         events = []
         if reseed and n_classes > 1:
             classes, events = references.reseed_starved(classes, scores, n_classes, min_members)
@@ -188,7 +205,10 @@ def iterate(ctx, state, reseed, out_dir=None):
         row["class_sizes"] = counts.sum(axis=1).tolist()
         row["resolution_px"] = (1.0 / cutoffs).tolist()
         row["reseeded"] = events
-        row.update(criteria.class_criteria(classes, scores, margins, n_classes))
+        row["searched"] = len(classes) if subset is None else len(subset)
+        row["particles_per_second"] = row["searched"] / max(row["seconds"], 1e-9)
+        inside = slice(None) if subset is None else subset   # margins are known for the searched ones
+        row.update(criteria.class_criteria(classes[inside], scores[inside], margins, n_classes))
         state = State(iteration, params, classes, scores, refs, cutoffs, averages, state.history + [row])
         if out_dir is not None and comm.rank == 0:
             save(out_dir, state)
@@ -198,6 +218,14 @@ def iterate(ctx, state, reseed, out_dir=None):
                     % (100 * row["changed"], 100 * settings.stop_fraction))
             break
     return state
+
+
+def _merged(state, subset, params, scores, classes):
+    """Full-length params, scores and classes: ``state``'s with the values of ``subset`` replaced."""
+    full = state.params.copy(), state.scores.copy(), state.classes.copy()
+    for target, values in zip(full, (params, scores, classes)):
+        target[subset] = values
+    return full
 
 
 def progress_line(row, iterations):

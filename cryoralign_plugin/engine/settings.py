@@ -15,6 +15,8 @@ from .geometry import largest_radius
 SCREEN_FREQUENCIES = 32
 # Automatic balanced_iterations: the first 5 iterations (half of the default 10), whatever the total.
 BALANCED_ITERATIONS = 5
+# Automatic new_class_members: never fewer than this many misfits seed a class.
+NEW_CLASS_LEAST = 10
 
 
 @dataclass
@@ -42,6 +44,12 @@ class Settings:
     exhaustive: bool = False       # scan every (shift, mirror) at full resolution, no screening stage
     ctf: Optional[str] = None      # none | flip | wiener; None: wiener when the input has CTF columns, else none
     ctf_intact_first_peak: bool = False  # CTF = 1 below its first peak (RELION's --ctf_intact_first_peak)
+    # A growing run (mra --grow, grow.py): per batch, iterations searching only the new particles;
+    # once the input is complete, iterations over all; the fewest misfits that seed a new class
+    # (None: max(NEW_CLASS_LEAST, batch / (2 (K + 1))): half the share of a new class as large as the others).
+    grow_iterations: int = 1
+    final_iterations: int = 2
+    new_class_members: Optional[int] = None
 
     def check(self):
         """InputError naming the flag and the fix for the first unusable value (nothing is read before).
@@ -64,6 +72,10 @@ class Settings:
         _whole(self, "balanced_iterations", 0, "give a number of iterations >= 0, or leave it out "
                                                "(automatic: the first 5)", optional=True)
         _whole(self, "batch_size", 1, "give at least 1 particle per batch")
+        _whole(self, "grow_iterations", 1, "give at least 1 iteration over each batch's new particles")
+        _whole(self, "final_iterations", 0, "give a number of final iterations >= 0")
+        _whole(self, "new_class_members", 1, "give a class size >= 1, or leave it out (automatic)",
+               optional=True)
         _whole(self, "threads", 1, "give at least 1 thread, or leave it out (automatic: all cores)",
                optional=True)
         if self.backend not in ("auto", "cpu", "cuda"):
@@ -84,6 +96,12 @@ class Settings:
         if self.min_members is not None:
             return self.min_members
         return max(2, count // (4 * n_classes))
+
+    def resolved_new_class_members(self, batch, n_classes):
+        """The fewest particles of a batch that fit no class for a new class to be seeded from them."""
+        if self.new_class_members is not None:
+            return self.new_class_members
+        return max(NEW_CLASS_LEAST, batch // (2 * (n_classes + 1)))
 
     def resolved_balanced_iterations(self):
         """The first iterations that assign equal-size classes: a number that does not depend on
