@@ -49,6 +49,7 @@ class CryoralignProtBase:
     """Shared by CryoralignProtAlign2D (RFA) and CryoralignProtClassify2D (MRA)."""
     _engineCommand = None  # 'rfa' or 'mra'
     _averagesName = 'class averages'   # what the engine's averages are, in messages
+    _engineFreshFlag = '--overwrite'   # how a new run treats what an earlier execution left
 
     # --------------------------- DEFINE param functions ----------------------------------------
     def _defineParams(self, form):
@@ -452,7 +453,7 @@ class CryoralignProtBase:
         flags = [(not src.doMirror, '--no-mirror'), (src.doCenter, '--center'),
                  (self.doAutoStop, '--auto-stop'),
                  (src.usePriorAlignment, '--use-prior'), (self.doContinue, '--continue'),
-                 (not self.doContinue, '--overwrite')]
+                 (not self.doContinue, self._engineFreshFlag)]
         args += [flag for on, flag in flags if on]
         args += self._getCtfArgs(src)
         args += self._getMethodArgs(src)
