@@ -208,6 +208,8 @@ def grow_multi_reference(particles, n_classes, settings, out_dir, final=False, c
         start = time.perf_counter()
         if first == 0:
             state = loop.iterate(_with(ctx, iterations=end), state, True, out_dir)
+            ctx.log("batch 1: %d particles classified in %.1f s, %d classes"
+                    % (count, time.perf_counter() - start, len(state.references)))
         else:
             new_particles = np.arange(first, count)
             batch_ctx = _with(ctx, iterations=e["after"] + 1, auto_stop=False)

@@ -11,6 +11,7 @@ from pwem.objects import SetOfParticles
 from pwem.protocols import ProtCreateStreamData, ProtImportParticles
 from pwem.protocols.protocol_create_stream_data import SET_OF_PARTICLES
 from pyworkflow.protocol import getProtocolFromDb
+from pyworkflow.protocol.constants import MODE_RESUME
 from pyworkflow.tests import BaseTest, DataSet, setupTestProject
 
 from generated import generateOnce
@@ -27,6 +28,7 @@ except ImportError:  # run by Scipion's own test runner
 N, GROUP, INTERVAL, FIRST, LATER, SAMPLING = 300, 50, 8, 100, 50, 2.0
 SET = dict(n_particles=N, box=40, n_classes=3, snr=1.0, seed=21)
 DataSet(name="cryoralign_stream", folder="cryoralign_stream_v2", files={"particles": "particles.mrcs"})
+ITERATIONS = 6   # of the first batch
 TIMEOUT = 900
 
 
@@ -76,18 +78,29 @@ class TestStreaming(BaseTest):
             time.sleep(1)
         self.fail("%s: %s never happened" % (prot.getRunName(), what))
 
-    def test_classesGrowWithTheStreamAndEndAsABatchRunDoes(self):
-        creator = self.newProtocol(ProtCreateStreamData, setof=SET_OF_PARTICLES, nDim=N, groups=GROUP,
-                                   creationInterval=INTERVAL, inputParticles=self.imp.outputParticles)
+    def startStream(self, label):
+        """A running ProtCreateStreamData (its first group published) and a streaming run on its output."""
+        creator = self.newProtocol(ProtCreateStreamData, objLabel=label, setof=SET_OF_PARTICLES, nDim=N,
+                                   groups=GROUP, creationInterval=INTERVAL, inputParticles=self.imp.outputParticles)
         self.proj.launchProtocol(creator, wait=False)
         self.waitFor(creator, lambda p: p.hasAttribute("outputParticles"), "a first group")
         self.proj._updateProtocol(creator)
         creator = self.proj.getProtocol(creator.getObjId())
-        stream = self.newProtocol(CryoralignProtStream2D, objLabel="streaming", useGpu=False,
+        stream = self.newProtocol(CryoralignProtStream2D, objLabel="streaming " + label, useGpu=False,
                                   inputParticles=creator.outputParticles, numberOfClasses=3,
-                                  numberOfIterations=6, firstBatchSize=FIRST, streamBatchSize=LATER)
+                                  numberOfIterations=ITERATIONS, firstBatchSize=FIRST, streamBatchSize=LATER)
         self.proj.launchProtocol(stream, wait=False)
+        return creator, stream
 
+    def checkEveryParticleOnce(self, done):
+        self.assertTrue(done.outputClasses.isStreamClosed() and done.outputParticles.isStreamClosed())
+        ids = [p.getObjId() for cls in done.outputClasses.iterItems() for p in cls]
+        self.assertEqual(sorted(ids), list(range(1, N + 1)))
+        self.assertEqual(done.outputParticles.getSize(), N)
+        self.assertTrue(done.outputParticles.hasAlignment2D())
+
+    def test_classesGrowWithTheStreamAndEndAsABatchRunDoes(self):
+        creator, stream = self.startStream("grows")
         # The classes appear while the input is still open, from a first batch of at least FIRST.
         first = self.waitFor(stream, lambda p: p.hasAttribute("outputClasses"), "outputClasses")
         inputSet = SetOfParticles(filename=creator.outputParticles.getFileName())
@@ -99,13 +112,7 @@ class TestStreaming(BaseTest):
         self.assertLess(first.outputParticles.getSize(), N)
 
         done = self.waitFor(stream, lambda p: p.isFinished(), "the end of the run")
-        self.assertTrue(done.outputClasses.isStreamClosed() and done.outputParticles.isStreamClosed())
-
-        # Every particle of the input once, in one class.
-        ids = [p.getObjId() for cls in done.outputClasses.iterItems() for p in cls]
-        self.assertEqual(sorted(ids), list(range(1, N + 1)))
-        self.assertEqual(done.outputParticles.getSize(), N)
-        self.assertTrue(done.outputParticles.hasAlignment2D())
+        self.checkEveryParticleOnce(done)
 
         # Batches: the first one of >= FIRST particles, then later ones; the history shows them.
         history = outputs.read_history(done._getExtraPath("engine"))
@@ -124,8 +131,28 @@ class TestStreaming(BaseTest):
         streamed = purity([(cls.getObjId(), self.truth[position(p)])
                            for cls in done.outputClasses.iterItems() for p in cls])
         batch = self.launchProtocol(self.newProtocol(
-            CryoralignProtClassify2D, objLabel="batch", useGpu=False, numberOfClasses=3, numberOfIterations=6,
+            CryoralignProtClassify2D, objLabel="batch", useGpu=False, numberOfClasses=3,
+            numberOfIterations=ITERATIONS,
             inputParticles=self.imp.outputParticles))
         whole = purity([(cls.getObjId(), self.truth[p.getObjId() - 1])
                         for cls in batch.outputClasses.iterItems() for p in cls])
         self.assertGreaterEqual(streamed, whole - 0.02)
+
+    def test_aStoppedRunContinuesFromItsLastBatch(self):
+        """Stopped after its first batch while particles keep arriving, then continued (Scipion's
+        Continue): it takes up the stream where it stopped, the first batch is not classified again,
+        and the classes end with every particle once."""
+        creator, stream = self.startStream("stopped")
+        first = self.waitFor(stream, lambda p: p.hasAttribute("outputClasses"), "outputClasses")
+        self.proj.stopProtocol(stream)
+        self.assertLess(first.outputParticles.getSize(), N)
+        time.sleep(2 * INTERVAL)   # more particles arrive meanwhile
+        stream = self.proj.getProtocol(stream.getObjId())
+        stream.runMode.set(MODE_RESUME)
+        self.proj.launchProtocol(stream, wait=False)
+        done = self.waitFor(stream, lambda p: p.isFinished(), "the end of the continued run")
+        self.checkEveryParticleOnce(done)
+        history = outputs.read_history(done._getExtraPath("engine"))
+        self.assertEqual([r["iteration"] for r in history], list(range(1, len(history) + 1)))
+        self.assertEqual(sum(r["batch"] == 1 for r in history), ITERATIONS)
+        self.assertEqual(history[-1]["batch_particles"], N)
