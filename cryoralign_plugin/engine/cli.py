@@ -170,7 +170,8 @@ def build_parser():
     g.add_argument("--grow-iterations", type=int, default=d.grow_iterations,
                    help="with --grow: iterations searching only the new particles (default: %(default)s)")
     g.add_argument("--final-iterations", type=int, default=d.final_iterations,
-                   help="with --last-batch: iterations over all particles (default: %(default)s)")
+                   help="with --last-batch: iterations over all particles, the last batch's new ones "
+                        "included (default: %(default)s)")
     g.add_argument("--new-class-members", type=int, default=d.new_class_members,
                    help="with --grow: the fewest new particles fitting no class that seed a new class "
                         "(default: automatic, max(10, new / (2 (K + 1))))")

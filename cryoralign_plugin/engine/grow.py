@@ -13,8 +13,10 @@ fingerprint.  The manifest's ``growth`` records the batches, each ``{"from", "co
 * After the first of those, the new particles that fit no class may seed a new one (:func:`misfits`):
   if at least ``new_class_members`` do, they are aligned to one another (reference-free, as RFA does)
   and become class K + 1.  One new class per batch at most.
-* The batch given with ``final`` (the input is complete) then has ``final_iterations`` iterations
-  over all particles, with re-seeding as in any MRA iteration.
+* The batch given with ``final`` (the input is complete) is placed by the final pass itself:
+  ``final_iterations`` iterations over all particles (with re-seeding as in any MRA iteration), the
+  misfits of its new particles judged after the first.  So the last particle's arrival is followed
+  by one iteration over the set (the default), not by a search of the last batch and then one.
 
 A call interrupted anywhere resumes on the next call with the same or a larger input: the state is
 the last checkpoint, and particles that checkpoint lacks are new.  History rows (``history.json``)
@@ -112,7 +114,8 @@ def _end(entry, settings):
     """The iterations after which a batch's new particles are placed, and its last iteration."""
     if entry["from"] == 0:
         return settings.iterations, settings.iterations
-    placed = entry["after"] + (settings.grow_iterations if entry["count"] > entry["from"] else 0)
+    searched = entry["count"] > entry["from"] and not (entry["final"] and settings.final_iterations > 0)
+    placed = entry["after"] + (settings.grow_iterations if searched else 0)
     return placed, placed + (settings.final_iterations if entry["final"] else 0)
 
 
@@ -212,22 +215,24 @@ def grow_multi_reference(particles, n_classes, settings, out_dir, final=False, c
                     % (count, time.perf_counter() - start, len(state.references)))
         else:
             new_particles = np.arange(first, count)
-            batch_ctx = _with(ctx, iterations=e["after"] + 1, auto_stop=False)
+            in_final = e["final"] and ctx.settings.final_iterations > 0   # the final pass places them
+            subsets = None if in_final else (lambda _: new_particles)
+            step = _with(ctx, iterations=e["after"] + 1, auto_stop=False)
             if count > first:
-                state = loop.iterate(batch_ctx, state, False, out_dir, subsets=lambda _: new_particles)
+                state = loop.iterate(step, state, in_final, out_dir, subsets=subsets)
                 if state.iteration == e["after"] + 1:
                     state = _seed(ctx, state, new_particles, out_dir)
-                state = loop.iterate(_with(batch_ctx, iterations=placed), state, False, out_dir,
-                                     subsets=lambda _: new_particles)
+            if not in_final and count > first:
+                state = loop.iterate(_with(step, iterations=placed), state, False, out_dir, subsets=subsets)
                 seconds = time.perf_counter() - start
                 ctx.log("batch %d: %d new particles placed in %.1f s (%.0f particles/s), %d in all, %d "
                         "classes" % (batch, count - first, seconds, (count - first) / max(seconds, 1e-9),
                                      count, len(state.references)))
             if e["final"]:
-                final_start = time.perf_counter()
                 state = loop.iterate(_with(ctx, iterations=end), state, True, out_dir)
-                ctx.log("final pass: %d iterations over all %d particles in %.1f s"
-                        % (ctx.settings.final_iterations, count, time.perf_counter() - final_start))
+                ctx.log("batch %d and final pass: %d new particles, %d iteration(s) over all %d in %.1f s, %d "
+                        "classes" % (batch, count - first, ctx.settings.final_iterations, count,
+                                     time.perf_counter() - start, len(state.references)))
         result = loop.Result(state.classes, state.params, state.scores, state.averages, state.references,
                              state.cutoffs, state.history)
         if ctx.comm.rank == 0:

@@ -45,10 +45,10 @@ class Settings:
     ctf: Optional[str] = None      # none | flip | wiener; None: wiener when the input has CTF columns, else none
     ctf_intact_first_peak: bool = False  # CTF = 1 below its first peak (RELION's --ctf_intact_first_peak)
     # A growing run (mra --grow, grow.py): per batch, iterations searching only the new particles;
-    # once the input is complete, iterations over all; the fewest misfits that seed a new class
+    # once the input is complete, iterations over all (which place the last batch too); the fewest misfits that seed a new class
     # (None: max(NEW_CLASS_LEAST, batch / (2 (K + 1))): half the share of a new class as large as the others).
     grow_iterations: int = 1
-    final_iterations: int = 2
+    final_iterations: int = 1
     new_class_members: Optional[int] = None
 
     def check(self):

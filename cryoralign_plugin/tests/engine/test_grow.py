@@ -74,7 +74,7 @@ def test_the_history_marks_the_batches(run):
     assert len(per_batch[1]) == SETTINGS.iterations
     for b in (2, 3):   # one iteration that searched only the batch's new particles
         assert [r["searched"] for r in per_batch[b]] == [CUTS[b - 1] - CUTS[b - 2]]
-    assert [r["searched"] for r in per_batch[4]] == [60] + [CUTS[-1]] * SETTINGS.final_iterations
+    assert [r["searched"] for r in per_batch[4]] == [CUTS[-1]] * SETTINGS.final_iterations   # placed by it
     assert per_batch[2][0]["new_class"] == 4 and per_batch[3][0]["new_class"] is None
 
 
