@@ -1,7 +1,8 @@
 """Streaming 2D classification through Scipion: pwem's ProtCreateStreamData publishes synthetic
 particles in groups while CryoralignProtStream2D classifies them; checked against the ground truth and
-against a batch run on the whole set."""
+against a batch run on the whole set, through a stalled stream and a stopped and continued run."""
 import os
+import signal
 import time
 
 import numpy as np
@@ -29,6 +30,7 @@ N, GROUP, INTERVAL, FIRST, LATER, SAMPLING = 300, 50, 8, 100, 50, 2.0
 SET = dict(n_particles=N, box=40, n_classes=3, snr=1.0, seed=21)
 DataSet(name="cryoralign_stream", folder="cryoralign_stream_v2", files={"particles": "particles.mrcs"})
 ITERATIONS = 6   # of the first batch
+STALL = 25       # s without new particles: 5 polling periods (SCIPION_STEPS_CHECK_SEC is 5)
 TIMEOUT = 900
 
 
@@ -110,6 +112,17 @@ class TestStreaming(BaseTest):
         self.assertTrue(first.outputClasses.isStreamOpen())
         self.assertGreaterEqual(first.outputParticles.getSize(), FIRST)
         self.assertLess(first.outputParticles.getSize(), N)
+
+        # A stalled stream (its producer stopped for several polling periods) does not end the run.
+        producer = self.fresh(creator).getPid()
+        os.kill(producer, signal.SIGSTOP)
+        try:
+            time.sleep(STALL)
+            stalled = self.fresh(stream)
+            self.assertTrue(stalled.isActive(), stalled.getStatus())
+            self.assertTrue(stalled.outputClasses.isStreamOpen())
+        finally:
+            os.kill(producer, signal.SIGCONT)
 
         done = self.waitFor(stream, lambda p: p.isFinished(), "the end of the run")
         self.checkEveryParticleOnce(done)
