@@ -126,3 +126,14 @@ def test_the_command_line_grows_a_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(args + ["--overwrite"])
     assert "--grow starts from --classes and resumes by itself: leave out --overwrite" in capsys.readouterr().err
+
+
+def test_without_final_iterations_the_last_batch_is_placed_alone(stream, tmp_path):
+    """--final-iterations 0: the last batch is searched alone like any other, and nothing after it;
+    --grow-iterations 2: two such searches per batch."""
+    settings = Settings(iterations=4, threads=2, backend="cpu", final_iterations=0, grow_iterations=2)
+    out = str(tmp_path / "run")
+    results = grown(stream[0], out, cuts=(120, 200), settings=settings)
+    np.testing.assert_array_equal(results[1].classes[:120], results[0].classes)
+    history = outputs.read_history(out)
+    assert [(r["batch"], r["searched"]) for r in history] == [(1, 120)] * 4 + [(2, 80)] * 2
