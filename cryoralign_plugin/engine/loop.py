@@ -178,7 +178,9 @@ def iterate(ctx, state, reseed, out_dir=None, subsets=None):
         searched = ctx if subset is None else ctx.restricted(subset)
         cand = search_pass(searched, state.references, state.params)
         if reseed and n_classes > 1 and iteration <= balanced:
-            choice = references.balanced_assignment(comm.allgather(cand.score))[ctx.local]
+            order = np.arange(ctx.source.count) if subset is None else np.asarray(subset)
+            choice = references.balanced_assignment(comm.allgather(cand.score))[
+                np.searchsorted(order, searched.local)]
         else:
             choice = np.argmax(cand.score, axis=1)  # ties: the lowest class number
         local = search.candidate_params(cand, choice, ctx.shifts, ctx.grid)

@@ -137,3 +137,27 @@ def test_without_final_iterations_the_last_batch_is_placed_alone(stream, tmp_pat
     np.testing.assert_array_equal(results[1].classes[:120], results[0].classes)
     history = outputs.read_history(out)
     assert [(r["batch"], r["searched"]) for r in history] == [(1, 120)] * 4 + [(2, 80)] * 2
+
+
+def test_the_subsets_hook_searching_everyone_is_a_plain_iteration_and_a_subset_moves_only_itself(stream):
+    """loop.iterate's ``subsets``: all indices give exactly the run without it (balanced assignment
+    and re-seeding included); a subset changes only its own particles' classes and parameters."""
+    from cryoralign_plugin.engine import loop, parallel
+    from cryoralign_plugin.engine.backends import get_backend
+    images = stream[0][:90]
+    settings = Settings(iterations=2, threads=2, backend="cpu")
+    ctx = loop.Context(ArraySource(images), settings, parallel.Serial(), get_backend("cpu", 2), lambda *_: None)
+    refs = align._initial_references(ctx, 3, None)
+    start = loop.State(0, np.zeros((90, 4)), np.full(90, -1), np.zeros(90), refs, np.zeros(3), refs, [])
+    plain = loop.iterate(ctx, start, True)
+    everyone = loop.iterate(ctx, start, True, subsets=lambda _: np.arange(90))
+    np.testing.assert_array_equal(everyone.classes, plain.classes)
+    np.testing.assert_array_equal(everyone.params, plain.params)
+    np.testing.assert_array_equal(everyone.references, plain.references)
+    some = np.arange(30, 60)
+    ctx.settings = Settings(iterations=4, threads=2, backend="cpu")   # two more, on the subset
+    part = loop.iterate(ctx, plain, True, subsets=lambda _: some)
+    others = np.setdiff1d(np.arange(90), some)
+    np.testing.assert_array_equal(part.params[others], plain.params[others])
+    np.testing.assert_array_equal(part.classes[others], plain.classes[others])
+    assert [r["searched"] for r in part.history[-2:]] == [30, 30]
