@@ -119,6 +119,11 @@ def _end(entry, settings):
     return placed, placed + (settings.final_iterations if entry["final"] else 0)
 
 
+def _everyone(iteration):
+    """The ``subsets`` hook of the full iterations: everyone searched, the class sums kept for the next batch."""
+    return None
+
+
 def _with(ctx, **changes):
     c = copy.copy(ctx)
     c.settings = dataclasses.replace(ctx.settings, **changes)
@@ -134,7 +139,7 @@ def _extended(state, count, ctx):
     return loop.State(state.iteration, np.concatenate([state.params, start]),
                       np.concatenate([state.classes, np.full(count - have, -1, np.int64)]),
                       np.concatenate([state.scores, np.zeros(count - have)]), state.references,
-                      state.cutoffs, state.averages, state.history)
+                      state.cutoffs, state.averages, state.history, state.sums)   # unassigned: in no sum
 
 
 def _seed(ctx, state, new, out_dir):
@@ -203,20 +208,17 @@ def grow_multi_reference(particles, n_classes, settings, out_dir, final=False, c
             state = loop.State(0, align._initial_params(ctx), np.full(count, -1, np.int64), np.zeros(count),
                                refs, np.zeros(len(refs)), refs, [])
         else:
-            iteration, arrays, meta = found
-            state = _extended(loop.State(iteration, arrays["params"], arrays["classes"], arrays["scores"],
-                                         arrays["references"], arrays["cutoffs"], arrays["averages"],
-                                         meta["history"]), count, ctx)
+            state = _extended(loop.state_of(*found), count, ctx)
         placed, end = _end(e, ctx.settings)
         start = time.perf_counter()
         if first == 0:
-            state = loop.iterate(_with(ctx, iterations=end), state, True, out_dir)
+            state = loop.iterate(_with(ctx, iterations=end), state, True, out_dir, subsets=_everyone)
             ctx.log("batch 1: %d particles classified in %.1f s, %d classes"
                     % (count, time.perf_counter() - start, len(state.references)))
         else:
             new_particles = np.arange(first, count)
             in_final = e["final"] and ctx.settings.final_iterations > 0   # the final pass places them
-            subsets = None if in_final else (lambda _: new_particles)
+            subsets = _everyone if in_final else (lambda _: new_particles)
             step = _with(ctx, iterations=e["after"] + 1, auto_stop=False)
             if count > first:
                 state = loop.iterate(step, state, in_final, out_dir, subsets=subsets)
@@ -229,7 +231,7 @@ def grow_multi_reference(particles, n_classes, settings, out_dir, final=False, c
                         "classes" % (batch, count - first, seconds, (count - first) / max(seconds, 1e-9),
                                      count, len(state.references)))
             if e["final"]:
-                state = loop.iterate(_with(ctx, iterations=end), state, True, out_dir)
+                state = loop.iterate(_with(ctx, iterations=end), state, True, out_dir, subsets=_everyone)
                 ctx.log("batch %d and final pass: %d new particles, %d iteration(s) over all %d in %.1f s, %d "
                         "classes" % (batch, count - first, ctx.settings.final_iterations, count,
                                      time.perf_counter() - start, len(state.references)))

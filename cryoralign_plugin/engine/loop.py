@@ -110,17 +110,33 @@ def average_pass(ctx, params, classes, n_classes):
     return ctx.comm.allreduce(sums)
 
 
-def class_references(ctx, params, classes, counts, max_cutoff=references.MAX_CUTOFF):
+def class_references(ctx, params, classes, counts, max_cutoff=references.MAX_CUTOFF, sums=None):
     """References, cutoffs and averages of the particles with their new parameters and classes:
     Wiener-filtered CTF-weighted averages with CTF correction wiener (:mod:`.ctf_correction`),
-    else averages of the particles as the search sees them."""
+    else averages of the particles as the search sees them (from ``sums``, their class sums, if known)."""
     n_classes = len(counts)
     if ctx.correction.mode == "wiener":
         averages, curves = ctf_correction.wiener_averages(
             *ctf_correction.wiener_pass(ctx, params, classes, n_classes), counts)
         return references.finish(averages, curves, ctx.radius, ctx.settings.center, max_cutoff)
-    sums = average_pass(ctx, params, classes, n_classes)
+    if sums is None:
+        sums = average_pass(ctx, params, classes, n_classes)
     return references.build(sums, counts, ctx.radius, ctx.settings.center, max_cutoff)
+
+
+def _class_sums(ctx, searched, state, subset, params, classes, events):
+    """With a ``subsets`` hook, the class sums of every particle to keep in the state: the previous ones
+    updated with the change of the particles searched (exact, in fixed point) when only some were and
+    no class was re-seeded, else a pass over all.  None without the hook or with Wiener averages."""
+    n_classes = len(state.references)
+    if ctx.correction.mode == "wiener":
+        return None
+    assigned = None if subset is None else np.asarray(subset)[state.classes[subset] >= 0]   # new ones add only
+    if subset is None or state.sums is None or events or len(state.sums) != n_classes \
+            or len(subset) + len(assigned) >= ctx.source.count:   # then a pass over all reads fewer
+        return average_pass(ctx, params, classes, n_classes)
+    return (state.sums + average_pass(searched, params, classes, n_classes)
+            - average_pass(searched.restricted(assigned), state.params, state.classes, n_classes))
 
 
 def _angle_change(new, old):
@@ -159,6 +175,7 @@ class State:
     cutoffs: np.ndarray
     averages: np.ndarray
     history: list
+    sums: np.ndarray = None   # class sums (fixed point), kept when iterate has a subsets hook
 
 
 def iterate(ctx, state, reseed, out_dir=None, subsets=None):
@@ -166,7 +183,9 @@ def iterate(ctx, state, reseed, out_dir=None, subsets=None):
 
     ``subsets(iteration)``, if given, returns the sorted global indices of the particles to search in
     that iteration (None: all); the others keep their class and parameters, and the averages are of
-    every particle.  The history row's ``searched`` says how many were searched.
+    every particle.  The history row's ``searched`` says how many were searched.  With the hook the
+    state keeps the class sums, so that an iteration searching a subset updates them with that
+    subset's change instead of averaging every particle again.
     """
     settings, comm = ctx.settings, ctx.comm
     n_classes = len(state.references)
@@ -201,7 +220,8 @@ def iterate(ctx, state, reseed, out_dir=None, subsets=None):
         parity = np.arange(len(classes)) % 2
         counts = references.class_counts(classes, parity, n_classes)
         cap = references.cutoff_cap(iteration) if n_classes > 1 else references.MAX_CUTOFF
-        refs, cutoffs, averages = class_references(ctx, params, classes, counts, cap)
+        sums = None if subsets is None else _class_sums(ctx, searched, state, subset, params, classes, events)
+        refs, cutoffs, averages = class_references(ctx, params, classes, counts, cap, sums)
         row = {"iteration": iteration}
         row.update(_summary(ctx, state, params, classes, scores, time.perf_counter() - start))
         row["class_sizes"] = counts.sum(axis=1).tolist()
@@ -211,7 +231,7 @@ def iterate(ctx, state, reseed, out_dir=None, subsets=None):
         row["particles_per_second"] = row["searched"] / max(row["seconds"], 1e-9)
         inside = slice(None) if subset is None else subset   # margins are known for the searched ones
         row.update(criteria.class_criteria(classes[inside], scores[inside], margins, n_classes))
-        state = State(iteration, params, classes, scores, refs, cutoffs, averages, state.history + [row])
+        state = State(iteration, params, classes, scores, refs, cutoffs, averages, state.history + [row], sums)
         if out_dir is not None and comm.rank == 0:
             save(out_dir, state)
         ctx.log(progress_line(row, settings.iterations))
@@ -244,6 +264,8 @@ def save(out_dir, state):
     """Checkpoint ``iter_NNN`` atomically and drop older ones beyond the last few."""
     arrays = {"params": state.params, "classes": state.classes, "scores": state.scores,
               "references": state.references, "cutoffs": state.cutoffs, "averages": state.averages}
+    if state.sums is not None:
+        arrays["sums"] = state.sums
     outputs.save_checkpoint(out_dir, state.iteration, arrays, {"history": state.history})
     old = state.iteration - CHECKPOINTS_KEPT
     if old >= 0:
@@ -262,6 +284,11 @@ def restore(out_dir, count, box, n_classes):
                          "this run has %d particles, %d classes of %d px): use a new output directory or "
                          "the same input" % (out_dir, len(arrays["params"]), len(arrays["references"]),
                                              arrays["references"].shape[-1], count, n_classes, box))
+    return state_of(iteration, arrays, meta)
+
+
+def state_of(iteration, arrays, meta):
+    """The :class:`State` of a checkpoint's ``(iteration, arrays, meta)``."""
     return State(iteration, arrays["params"], arrays["classes"], arrays["scores"], arrays["references"],
-                 arrays["cutoffs"], arrays["averages"], meta["history"])
+                 arrays["cutoffs"], arrays["averages"], meta["history"], arrays.get("sums"))
 

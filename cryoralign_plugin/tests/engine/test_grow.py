@@ -141,7 +141,8 @@ def test_without_final_iterations_the_last_batch_is_placed_alone(stream, tmp_pat
 
 def test_the_subsets_hook_searching_everyone_is_a_plain_iteration_and_a_subset_moves_only_itself(stream):
     """loop.iterate's ``subsets``: all indices give exactly the run without it (balanced assignment
-    and re-seeding included); a subset changes only its own particles' classes and parameters."""
+    and re-seeding included); a subset changes only its own particles' classes and parameters, and the
+    class sums updated with its change equal a pass over everyone."""
     from cryoralign_plugin.engine import loop, parallel
     from cryoralign_plugin.engine.backends import get_backend
     images = stream[0][:90]
@@ -161,3 +162,9 @@ def test_the_subsets_hook_searching_everyone_is_a_plain_iteration_and_a_subset_m
     np.testing.assert_array_equal(part.params[others], plain.params[others])
     np.testing.assert_array_equal(part.classes[others], plain.classes[others])
     assert [r["searched"] for r in part.history[-2:]] == [30, 30]
+    # the class sums kept by the hook and updated with the subset's change are the full sums, exactly
+    from cryoralign_plugin.engine import references
+    counts = references.class_counts(part.classes, np.arange(90) % 2, 3)
+    np.testing.assert_array_equal(part.sums, loop.average_pass(ctx, part.params, part.classes, 3))
+    full = loop.class_references(ctx, part.params, part.classes, counts, references.cutoff_cap(4))
+    np.testing.assert_array_equal(part.references, full[0])
