@@ -9,7 +9,8 @@ fingerprint.  The manifest's ``growth`` records the batches, each ``{"from", "co
 * The first batch is an ordinary multireference run of ``iterations`` iterations.
 * A later batch keeps every earlier particle's class and parameters and starts its new particles
   unassigned; ``grow_iterations`` iterations search only the new particles against the current classes
-  (``loop.iterate``'s ``subsets``), and the averages take in the new members.
+  (``loop.iterate``'s ``subsets``); the class sums, kept in the checkpoint, are updated with the new
+  members alone (exact in fixed point), so the update does not grow with the particles so far.
 * After the first of those, the new particles that fit no class may seed a new one (:func:`misfits`):
   if at least ``new_class_members`` do, they are aligned to one another (reference-free, as RFA does)
   and become class K + 1.  One new class per batch at most.
