@@ -18,6 +18,7 @@ from pyworkflow.tests import BaseTest, DataSet, setupTestProject
 from generated import generateOnce
 from cryoralign_plugin.engine import outputs
 from cryoralign_plugin.protocols import CryoralignProtClassify2D, CryoralignProtStream2D
+from cryoralign_plugin.protocols.protocol_stream2d import HIDDEN
 
 try:
     import pytest
@@ -51,6 +52,35 @@ def purity(labelled):
     """Fraction of particles in the majority true class of their class: ``labelled`` is (class, truth)."""
     labelled = np.array(labelled)
     return sum(np.bincount(labelled[labelled[:, 0] == k, 1]).max() for k in np.unique(labelled[:, 0])) / len(labelled)
+
+
+class TestStreamingForm(BaseTest):
+    """The form: what it hides, what it checks, the engine command it makes."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        cls.ds = streamDataSet()
+        cls.imp = cls.newProtocol(ProtImportParticles, importFrom=ProtImportParticles.IMPORT_FROM_FILES,
+                                  filesPath=os.path.dirname(cls.ds.getFile("particles")),
+                                  filesPattern="particles.mrcs", samplingRate=SAMPLING)
+        cls.launchProtocol(cls.imp)
+
+    def test_formChecksAndEngineArguments(self):
+        prot = self.newProtocol(CryoralignProtStream2D, inputParticles=self.imp.outputParticles, useGpu=False,
+                                numberOfClasses=3, firstBatchSize=FIRST, finalIterations=2)
+        self.assertEqual(prot.validate(), [])
+        for name in HIDDEN:
+            self.assertEqual(prot.getDefinition().getParam(name).condition.get(), "False")
+        args = prot._getEngineArgs().split()
+        self.assertIn("--grow", args)
+        self.assertNotIn("--overwrite", args)
+        self.assertNotIn("--continue", args)
+        self.assertEqual(args[args.index("--final-iterations") + 1], "2")
+        self.assertEqual(args[args.index("--classes") + 1], "3")
+        prot.numberOfClasses.set(FIRST + 1)
+        self.assertIn("%d classes were requested for a first batch of %d particles" % (FIRST + 1, FIRST),
+                      " ".join(prot.validate()))
 
 
 @slow
