@@ -174,7 +174,7 @@ def build_parser():
                         "included (default: %(default)s)")
     g.add_argument("--new-class-members", type=int, default=d.new_class_members,
                    help="with --grow: the fewest new particles fitting no class that seed a new class "
-                        "(default: automatic, max(10, new / (2 (K + 1))))")
+                        "(default: automatic, max(10, new / (K + 1)))")
     info = sub.add_parser("info", help="versions, backends, GPUs and MPI size")
     info.add_argument("--box", type=int, default=0, help="with --classes and --shift-range: batch size")
     info.add_argument("--classes", type=int, default=1)

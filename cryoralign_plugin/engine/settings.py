@@ -46,7 +46,7 @@ class Settings:
     ctf_intact_first_peak: bool = False  # CTF = 1 below its first peak (RELION's --ctf_intact_first_peak)
     # A growing run (mra --grow, grow.py): per batch, iterations searching only the new particles;
     # once the input is complete, iterations over all (which place the last batch too); the fewest misfits that seed a new class
-    # (None: max(NEW_CLASS_LEAST, batch / (2 (K + 1))): half the share of a new class as large as the others).
+    # (None: max(NEW_CLASS_LEAST, batch / (K + 1)): as many as a new class as large as the others would get).
     grow_iterations: int = 1
     final_iterations: int = 1
     new_class_members: Optional[int] = None
@@ -101,7 +101,7 @@ class Settings:
         """The fewest particles of a batch that fit no class for a new class to be seeded from them."""
         if self.new_class_members is not None:
             return self.new_class_members
-        return max(NEW_CLASS_LEAST, batch // (2 * (n_classes + 1)))
+        return max(NEW_CLASS_LEAST, batch // (n_classes + 1))
 
     def resolved_balanced_iterations(self):
         """The first iterations that assign equal-size classes: a number that does not depend on
