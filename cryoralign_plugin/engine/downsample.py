@@ -17,8 +17,9 @@ import math
 import numpy as np
 import scipy.fft
 
+from . import search
 from .errors import InputError
-from .geometry import SX, SY, largest_radius, sampling_limit
+from .geometry import SX, SY, largest_radius, polar_grid, sampling_limit
 from .settings import MAX_RESOLUTION, MIN_MASK_RADIUS, SHIFT_RANGE, SHIFT_STEP
 from .sources import ParticleSource
 
@@ -216,6 +217,15 @@ def _check_radius(s, radius, box, shift):
                          "larger images" % (box, shift))
     raise InputError("a mask radius of %d px is too small: give a mask of at least 2 px radius (--radius, or "
                      "--mask-diameter in A), or leave it out (automatic: the largest that fits)" % radius)
+
+
+def checked_plan(box, pixel_size, settings):
+    """:func:`plan` and the polar grid it gives, checked to fit (``search.check_geometry``):
+    ``(Scale, PolarGrid)``; what a run checks before it reads a particle (the Scipion form too)."""
+    scale = plan(box, pixel_size, settings)
+    grid = polar_grid(scale.radius, settings.first_ring, settings.ring_step)
+    search.check_geometry(scale.internal_box, grid, scale.shift_range)
+    return scale, grid
 
 
 class CroppedSource(ParticleSource):

@@ -16,7 +16,7 @@ import numpy as np
 from . import images as imgops
 from . import criteria, ctf_correction, downsample, outputs, references, refine, search
 from .errors import InputError
-from .geometry import MIRROR, PSI, SX, SY, center_offsets, polar_grid, shift_grid
+from .geometry import MIRROR, PSI, SX, SY, center_offsets, shift_grid
 
 CHECKPOINTS_KEPT = 2
 PROGRESS_SECONDS = 10.0  # within an iteration, report progress at most this often
@@ -49,7 +49,7 @@ class Context:
     def __init__(self, source, settings, comm, backend, log):
         self.comm, self.backend, self.log = comm, backend, log
         self.input_source, self.input_settings = source, settings
-        self.scale = downsample.plan(source.box, getattr(source, "pixel_size", None), settings)
+        self.scale, self.grid = downsample.checked_plan(source.box, getattr(source, "pixel_size", None), settings)
         if self.scale.crops:
             source = downsample.CroppedSource(source, self.scale.internal_box, settings.threads)
         if self.scale.pixel_size is not None or self.scale.crops:
@@ -58,8 +58,6 @@ class Context:
         self.source, self.settings = source, settings
         box = source.box
         self.radius = self.scale.radius
-        self.grid = polar_grid(self.radius, settings.first_ring, settings.ring_step)
-        search.check_geometry(box, self.grid, settings.shift_range)
         search.check_search_size(1, self.grid, settings.shift_range, settings.shift_step)  # before allocating
         self.shifts = shift_grid(settings.shift_range, settings.shift_step)
         self.offset_limit = search.offset_limit(box, self.grid)
