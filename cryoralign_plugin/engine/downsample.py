@@ -13,6 +13,8 @@ pixels (divided by ``factor = box / internal_box``); outputs go back to input pi
 """
 import dataclasses
 import math
+import os
+import tempfile
 
 import numpy as np
 import scipy.fft
@@ -231,9 +233,15 @@ def checked_plan(box, pixel_size, settings):
 class CroppedSource(ParticleSource):
     """A source's particles Fourier-cropped to ``box`` (:func:`fourier_crop`): pixel size, prior
     shifts and each particle's CTF pixel size scaled by the factor, the CTF itself (A) kept, so that
-    the CTF correction computes the CTF of the cropped images."""
+    the CTF correction computes the CTF of the cropped images.
 
-    def __init__(self, source, box, threads=None):
+    Each particle is cropped once: the cropped images are kept in an unlinked temporary file (in
+    ``TMPDIR``; ``box^2 x 4`` bytes per particle read, so a run's later passes read small images
+    instead of cropping large ones again; page cache, not the process's memory).  Where that file
+    cannot be written (disk full), particles are cropped on every read instead.
+    """
+
+    def __init__(self, source, box, threads=None, cache=True):
         self.input = source
         self.factor = source.box / box
         ctf = getattr(source, "ctf", None)
@@ -242,7 +250,10 @@ class CroppedSource(ParticleSource):
         pixel_size = getattr(source, "pixel_size", None)
         super().__init__(count=source.count, box=box, ids=source.ids, names=source.names,
                          pixel_size=None if pixel_size is None else pixel_size * self.factor, ctf=ctf)
-        self.threads = max(1, int(threads or 1))
+        self.threads = max(1, int(threads or os.cpu_count() or 1))
+        self._cache = cache
+        self._file = None
+        self._cached = np.zeros(self.count, bool)
 
     @property
     def prior(self):
@@ -254,13 +265,35 @@ class CroppedSource(ParticleSource):
         return out
 
     def _fill(self, out, idx):
+        have = self._cached[idx] if self._cache else np.zeros(idx.size, bool)
+        for k in np.flatnonzero(have):
+            os.preadv(self._file.fileno(), [out[k]], int(idx[k]) * out[k].nbytes)
+        todo = np.flatnonzero(~have)
         step = max(1, CHUNK_BYTES // (4 * self.input.box ** 2))
-        for lo in range(0, idx.size, step):
-            part = idx[lo:lo + step]
-            out[lo:lo + step] = fourier_crop(self.input.read(part, check_finite=False), self.box, self.threads)
+        for lo in range(0, todo.size, step):
+            rows = todo[lo:lo + step]
+            out[rows] = fourier_crop(self.input.read(idx[rows], check_finite=False), self.box, self.threads)
+        if self._cache and todo.size:
+            self._store(out[todo], idx[todo])
+
+    def _store(self, images, idx):
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix="cryoralign-cropped-")
+            for image, i in zip(images, idx):
+                os.pwrite(self._file.fileno(), np.ascontiguousarray(image).data, int(i) * image.nbytes)
+            self._cached[idx] = True
+        except OSError:           # no room for the cache: crop on every read
+            self._cache = False
+            self.close()
 
     def close(self):
+        """Close the input's files and drop the cache."""
         self.input.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._cached[:] = False
 
     def _origin(self):
         return "%r cropped" % (self.input,)

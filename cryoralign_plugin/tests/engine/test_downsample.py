@@ -150,6 +150,8 @@ def test_the_cropped_source_scales_pixels_prior_and_ctf():
     cropped = downsample.CroppedSource(source, 32, threads=1)
     assert (cropped.box, cropped.pixel_size, cropped.count) == (32, 4.0, 12)
     np.testing.assert_array_equal(cropped.read([3, 0]), downsample.fourier_crop(images[[3, 0]], 32))
+    # read again (from the cache where cropped before) in any order: the same images
+    np.testing.assert_array_equal(cropped.read([0, 5, 3]), downsample.fourier_crop(images[[0, 5, 3]], 32))
     np.testing.assert_array_equal(cropped.prior[:, [0, 3]], params[:, [0, 3]])
     np.testing.assert_allclose(cropped.prior[:, 1:3], params[:, 1:3] / 2)
     np.testing.assert_array_equal(cropped.ctf.pixel_size, np.full(12, 4.0))
@@ -158,6 +160,17 @@ def test_the_cropped_source_scales_pixels_prior_and_ctf():
     small = ctf_correction.resolve(Settings(ctf="wiener"), cropped).ctfs(np.arange(12))
     rows = np.r_[0:16, 49:64]                  # ky 0..15 and -15..-1
     np.testing.assert_allclose(np.delete(small, 16, axis=1)[:, :, :16], full[:, rows, :16], atol=2e-5)
+
+
+def test_without_room_for_the_cache_particles_are_cropped_on_every_read(monkeypatch):
+    images = np.random.default_rng(0).standard_normal((6, 40, 40)).astype(np.float32)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(downsample.tempfile, "TemporaryFile", full)
+    cropped = downsample.CroppedSource(ArraySource(images), 20)
+    for _ in range(2):
+        np.testing.assert_array_equal(cropped.read([4, 1]), downsample.fourier_crop(images[[4, 1]], 20))
 
 
 # ---------------------------------------------------------------------------------------------
