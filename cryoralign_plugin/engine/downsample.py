@@ -3,7 +3,7 @@
 2D classification needs no more resolution than its references can reach, so, as cryoSPARC, SIMPLE
 and ISAC do, particles are aligned at the smallest box whose Nyquist frequency reaches the maximum
 resolution (:data:`~.settings.MAX_RESOLUTION` by default) and that still holds the mask plus the shift
-range.  :func:`plan` chooses that box (and refuses options that cannot work, in one line each);
+range (and, with the automatic resolution, a mask radius of :data:`~.settings.AUTO_MASK_RADIUS` px).  :func:`plan` chooses that box (and refuses options that cannot work, in one line each);
 :class:`CroppedSource` gives the particles Fourier-cropped to it.  The crop keeps the spectrum below
 the internal Nyquist frequency as it is (no interpolation): a cropped image holds the samples, on the
 coarser grid, of the band-limited image (the same function, so pixel values keep their scale).
@@ -22,7 +22,7 @@ import scipy.fft
 from . import search
 from .errors import InputError
 from .geometry import SX, SY, largest_radius, polar_grid, sampling_limit
-from .settings import MAX_RESOLUTION, MIN_MASK_RADIUS, SHIFT_RANGE, SHIFT_STEP
+from .settings import AUTO_MASK_RADIUS, MAX_RESOLUTION, MIN_MASK_RADIUS, SHIFT_RANGE, SHIFT_STEP
 from .sources import ParticleSource
 
 CHUNK_BYTES = 64 << 20   # input images cropped at a time (bounds the spectra of a large batch)
@@ -185,6 +185,7 @@ def plan(box, pixel_size, settings):
     else:
         least = box
     first = next(_candidates(least, box))
+    floor = AUTO_MASK_RADIUS if s.max_resolution is None and s.internal_box is None else MIN_MASK_RADIUS
     for m in _candidates(least, box):
         factor = box / m
         shift, step = _shifts(s, factor)
@@ -192,7 +193,7 @@ def plan(box, pixel_size, settings):
         if m == box:          # the input box: what does not fit there is refused by search.check_geometry
             _check_radius(s, radius, box, shift)
             return Scale(box, m, radius, shift, step, pixel_size)
-        if _fits(radius, shift, m) and radius >= MIN_MASK_RADIUS:
+        if _fits(radius, shift, m) and radius >= floor:
             return Scale(box, m, radius, shift, step, pixel_size)
         if m == first and radius < MIN_MASK_RADIUS and s.max_resolution is not None:
             raise InputError("--max-resolution %g A is too coarse for the mask: its %d px internal box leaves a "

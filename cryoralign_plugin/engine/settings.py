@@ -21,6 +21,11 @@ SHIFT_STEP = 1.0
 # The smallest mask radius (internal px) a downsampled run may have: below it a maximum resolution is
 # too coarse for the mask (at 8 px the outer ring has 64 samples, the screening stage's 32 frequencies).
 MIN_MASK_RADIUS = 8
+# With the automatic maximum resolution the internal box grows until the mask radius reaches this (or
+# the box is the input's).  The rings are resampled bilinearly, which damps what lies near Nyquist, and
+# the angular precision goes as 1 / radius: a 3-class set of 60 particles of 48 px at 2 A/px, cropped
+# to 32 px (radius 11), lost up to 0.35 of its purity over 4 seeds; uncropped it lost none.
+AUTO_MASK_RADIUS = 16
 # Automatic balanced_iterations: the first 5 iterations (half of the default 10), whatever the total.
 BALANCED_ITERATIONS = 5
 

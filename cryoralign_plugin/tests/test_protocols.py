@@ -292,17 +292,15 @@ class TestRuns(BaseTest):
         cls.rfaImport, cls.rfaTruth = importParticles(cls, "rfa")
         cls.mraImport, cls.mraTruth = importParticles(cls, "mra")
 
-    def runAlign(self, mpi):
+    def runAlign(self, mpi, **kwargs):
         prot = self.newProtocol(CryoralignProtAlign2D, objLabel="rfa mpi %d" % mpi, useGpu=False,
                                 inputParticles=self.rfaImport.outputParticles,
-                                numberOfIterations=6, numberOfMpi=mpi)
+                                numberOfIterations=6, numberOfMpi=mpi, **kwargs)
         return self.launchProtocol(prot)
 
     def runClassify(self, mpi, **kwargs):
-        # the set's particles are shifted by up to 3 px: the automatic range (3 px of the 32 px internal
-        # box, 4.5 input px, in 1.5 px steps) fits the noise of these 60 particles for some seeds
         params = dict(objLabel="mra mpi %d" % mpi, useGpu=False, numberOfMpi=mpi, numberOfClasses=3,
-                      numberOfIterations=6, maximumShift=3, inputParticles=self.mraImport.outputParticles)
+                      numberOfIterations=6, inputParticles=self.mraImport.outputParticles)
         params.update(kwargs)
         prot = self.newProtocol(CryoralignProtClassify2D, **params)
         return self.launchProtocol(prot)
@@ -347,6 +345,12 @@ class TestRuns(BaseTest):
         for mpi in (1, 2):
             with self.subTest(mpi=mpi):
                 self.checkAlign(self.runAlign(mpi))
+
+    def test_alignAtAnInternalBox(self):
+        # 6 A on 48 px at 2 A/px: aligned at 32 px, outputs at the input box, pixel size and pixels
+        prot = self.runAlign(1, maxResolution=6)
+        self.assertIn("internal box 32 px", open(prot.getLogPaths()[0]).read())
+        self.checkAlign(prot)
 
     def test_classify(self):
         for mpi in (1, 2):

@@ -92,6 +92,9 @@ def test_the_internal_box_is_the_smallest_that_reaches_the_resolution_and_holds_
 def test_known_internal_boxes_and_the_automatic_resolution():
     assert downsample.plan(256, 1.0, Settings(max_resolution=8.0)).internal_box == 64
     assert downsample.plan(256, 1.17, Settings()).internal_box == 100          # 6 A: 2 x 1.17 x 256 / 6 = 99.8
+    assert downsample.plan(96, 2.0, Settings()).internal_box == 64               # 6 A, mask radius 27 px
+    assert downsample.plan(48, 2.0, Settings()).internal_box == 48               # 32 px leaves a radius < 16
+    assert downsample.plan(48, 2.0, Settings(max_resolution=6.0)).internal_box == 32    # asked: radius >= 8
     assert downsample.plan(64, 4.0, Settings()).internal_box == 64             # Nyquist 8 A is coarser than 6 A
     assert not downsample.plan(64, None, Settings()).crops                     # no pixel size: no cropping
     assert downsample.plan(64, None, Settings(internal_box=32)).internal_box == 32
@@ -268,3 +271,44 @@ def test_continue_at_an_internal_box_gives_the_result_of_one_run(tmp_path):
         np.testing.assert_array_equal(getattr(whole, field), getattr(again, field))
     assert whole.averages.shape == (2, 64, 64) and whole.references.shape == (2, 32, 32)
     assert outputs.read_json(str(tmp_path / "b" / outputs.MANIFEST_JSON))["settings"]["internal_box"] == 32
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+def test_the_command_line_takes_angstrom_and_writes_input_pixels(tmp_path, capsys):
+    from cryoralign_plugin.engine import cli, mrc
+    paths = synthetic.make_dataset(str(tmp_path / "data"), n_particles=40, box=64, n_classes=2, snr=2.0, seed=5,
+                                   source="slicem", ctf=synthetic.CtfSimulation(pixel_size=2.0))
+    out = tmp_path / "out"
+    cli.main(["mra", "--particles", paths["particles_star"], "--out", str(out), "--classes", "2", "--iterations",
+              "2", "--max-resolution", "8", "--mask-diameter", "80", "--shift-range", "4"])
+    log = capsys.readouterr().out
+    assert "internal box 32 px at 4 A/px (from 64 px at 2 A/px, factor 2)" in log
+    assert mrc.read_stack(str(out / outputs.CLASSES_MRCS)).shape == (2, 64, 64)
+    run = outputs.read_json(str(out / outputs.MANIFEST_JSON))["settings"]
+    assert (run["internal_box"], run["radius"], run["shift_range"], run["shift_step"]) == (32, 10, 2.0, 1.0)
+    truth = synthetic.read_truth(paths["truth"])
+    found = outputs.read_particles(str(out))
+    # shifts in input px: within one input px of the truth up to each class's common transform
+    for k in np.unique(found.classes):
+        members = found.classes == k
+        _, dt, _ = synthetic.register_errors(found.params[members], truth[1][members])
+        assert np.median(dt) < 1.0, np.median(dt)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--mask-diameter", "200"], "--mask-diameter 200 A is larger than the box (64 px at 2 A/px = 128 A)"),
+    (["--max-resolution", "3"], "--max-resolution 3 A is finer than the input's Nyquist limit"),
+    (["--max-resolution", "30"], "--max-resolution 30 A is too coarse for the mask"),
+    (["--max-resolution", "0"], "--max-resolution 0: give a resolution > 0 A"),
+])
+def test_the_command_line_refuses_bad_units_in_one_line(tmp_path, capsys, args, message):
+    from cryoralign_plugin.engine import cli
+    paths = synthetic.make_dataset(str(tmp_path / "data"), n_particles=4, box=64, n_classes=1, snr=2.0, seed=5,
+                                   ctf=synthetic.CtfSimulation(pixel_size=2.0))
+    with pytest.raises(SystemExit) as done:
+        cli.main(["rfa", "--particles", paths["particles_star"], "--out", str(tmp_path / "out"), *args])
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cryoralign-engine: error: " + message) and "\n" not in err, err
