@@ -273,6 +273,23 @@ def test_continue_at_an_internal_box_gives_the_result_of_one_run(tmp_path):
     assert outputs.read_json(str(tmp_path / "b" / outputs.MANIFEST_JSON))["settings"]["internal_box"] == 32
 
 
+def test_flip_final_averages_are_the_flipped_input_particles_averaged_with_input_px_shifts():
+    views = synthetic.slicem_references(2, 64, seed=3)
+    images, _, _, truth = synthetic.make_particles(views, 40, snr=1.0, seed=6,
+                                                   ctf=synthetic.CtfSimulation(pixel_size=2.0))
+    cols = ctf.CtfColumns(**{key: truth[key] for key in synthetic.CTF_KEYS}, pixel_size=2.0)
+    result = align.align_multi_reference(ArraySource(images, pixel_size=2.0, ctf=cols), n_classes=2, iterations=2,
+                                         max_resolution=8.0, ctf="flip", log=quiet)
+    radius = downsample.plan(64, 2.0, Settings(max_resolution=8.0)).radius * 2      # input px
+    flipped = imgops.normalise(ctf.phase_flip(images, cols.images(np.arange(40), 64)), radius)
+    parity = np.arange(40) % 2
+    sums = imgops.class_sums(flipped, result.params, result.classes, parity, 2)
+    counts = np.bincount(result.classes, minlength=2)
+    want = sums.sum(axis=1) / imgops.FIXED_POINT / counts[:, None, None]
+    assert result.averages.shape == (2, 64, 64)
+    np.testing.assert_allclose(result.averages, want, atol=1e-3)
+
+
 # ---------------------------------------------------------------------------------------------
 # The command line
 
