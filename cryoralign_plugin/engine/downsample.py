@@ -112,12 +112,6 @@ class Scale:
         out[:, [SX, SY]] *= self.factor
         return out
 
-    def to_internal(self, params):
-        """Alignment parameters with their shifts in internal px."""
-        out = np.array(params, np.float64)
-        out[:, [SX, SY]] /= self.factor
-        return out
-
     def describe(self):
         """The log line, e.g. ``internal box 64 px at 4.69 A/px (from 256 px at 1.17 A/px)``."""
         if self.pixel_size is None:
@@ -242,7 +236,7 @@ class CroppedSource(ParticleSource):
     cannot be written (disk full), particles are cropped on every read instead.
     """
 
-    def __init__(self, source, box, threads=None, cache=True):
+    def __init__(self, source, box, threads=None):
         self.input = source
         self.factor = source.box / box
         ctf = getattr(source, "ctf", None)
@@ -252,7 +246,7 @@ class CroppedSource(ParticleSource):
         super().__init__(count=source.count, box=box, ids=source.ids, names=source.names,
                          pixel_size=None if pixel_size is None else pixel_size * self.factor, ctf=ctf)
         self.threads = max(1, int(threads or os.cpu_count() or 1))
-        self._cache = cache
+        self._cache = True          # False once the cache file could not be written
         self._file = None
         self._cached = np.zeros(self.count, bool)
 

@@ -23,7 +23,7 @@ from ..engine.downsample import checked_plan
 from ..engine.errors import InputError
 from ..engine.settings import MAX_RESOLUTION, SHIFT_RANGE, SHIFT_STEP, Settings
 
-# Box size above which the engine gets slow and memory-hungry for no resolution gain in 2D.
+# Internal box above which the engine gets slow and memory-hungry for no resolution gain in 2D.
 LARGE_BOX = 256
 
 # The engine's defaults, which the form's defaults are.  Where the engine's is automatic (None), the
@@ -333,12 +333,14 @@ class CryoralignProtBase:
         if parts is None or parts.getDim() is None:
             return []
         warnings = []
-        box, n = parts.getXDim(), parts.getSize()
-        if box > LARGE_BOX:
-            warnings.append('The particles are %d px: alignment time grows with the box size and '
-                            '2D classes rarely need more than ~128 px. Consider downsampling; the '
-                            'particles alone take %.1f GB (N x box^2 x 4 bytes).'
-                            % (box, n * box * box * 4 / 1024 ** 3))
+        try:
+            internal = self._getScale().internal_box
+        except InputError:       # _validate reports it
+            internal = 0
+        if internal > LARGE_BOX:
+            warnings.append('The particles are aligned at an internal box of %d px: alignment time grows '
+                            'with it and 2D classes rarely need more than ~128 px. Consider a coarser '
+                            'Maximum resolution (Å).' % internal)
         if self.usesGpu() and not self.useQueue() and not cudaAvailable():
             warnings.append('No usable CUDA GPU was found here: the run will use the CPU. Set '
                             '"Use GPU" to No to silence this, or check the NVIDIA driver.')
