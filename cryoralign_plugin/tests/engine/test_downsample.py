@@ -4,10 +4,14 @@ Oracles: a band-limited image (a sum of low-frequency cosines) sampled on the co
 scan of every smaller box; the CTF of the input box at the frequencies the crop keeps; the true classes,
 parameters and views of synthetic particles.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from cryoralign_plugin.engine import align, ctf, ctf_correction, downsample, outputs, synthetic
+from cryoralign_plugin.engine import align, cli, ctf, ctf_correction, downsample, mrc, outputs, synthetic
 from cryoralign_plugin.engine import images as imgops
 from cryoralign_plugin.engine.errors import InputError
 from cryoralign_plugin.engine.geometry import sampling_limit
@@ -292,7 +296,6 @@ def test_flip_final_averages_are_the_flipped_input_particles_averaged_with_input
 # The command line
 
 def test_the_command_line_takes_angstrom_and_writes_input_pixels(tmp_path, capsys):
-    from cryoralign_plugin.engine import cli, mrc
     paths = synthetic.make_dataset(str(tmp_path / "data"), n_particles=40, box=64, n_classes=2, snr=2.0, seed=5,
                                    source="slicem", ctf=synthetic.CtfSimulation(pixel_size=2.0))
     out = tmp_path / "out"
@@ -319,7 +322,6 @@ def test_the_command_line_takes_angstrom_and_writes_input_pixels(tmp_path, capsy
     (["--max-resolution", "0"], "--max-resolution 0: give a resolution > 0 A"),
 ])
 def test_the_command_line_refuses_bad_units_in_one_line(tmp_path, capsys, args, message):
-    from cryoralign_plugin.engine import cli
     paths = synthetic.make_dataset(str(tmp_path / "data"), n_particles=4, box=64, n_classes=1, snr=2.0, seed=5,
                                    ctf=synthetic.CtfSimulation(pixel_size=2.0))
     with pytest.raises(SystemExit) as done:
@@ -327,3 +329,21 @@ def test_the_command_line_refuses_bad_units_in_one_line(tmp_path, capsys, args, 
     assert done.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("cryoralign-engine: error: " + message) and "\n" not in err, err
+
+
+def test_two_mpi_ranks_give_the_single_process_result_at_an_internal_box(tmp_path):
+    paths = synthetic.make_dataset(str(tmp_path / "data"), n_particles=61, box=64, n_classes=2, snr=1.0, seed=2,
+                                   source="slicem", ctf=synthetic.CtfSimulation(pixel_size=2.0))
+    engine = [sys.executable, "-m", "cryoralign_plugin.engine.cli"]
+    mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    for ranks in (1, 2):
+        cmd = ([mpirun, "-n", "2"] if ranks > 1 else []) + engine + [
+            "mra", "--particles", paths["particles_star"], "--out", str(tmp_path / str(ranks)), "--classes", "2",
+            "--iterations", "2", "--threads", "1", "--batch-size", "16", "--max-resolution", "8"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "internal box 32 px" in done.stdout
+    particles = outputs.PARTICLES_STAR
+    assert (tmp_path / "1" / particles).read_text() == (tmp_path / "2" / particles).read_text()
+    np.testing.assert_array_equal(mrc.read_stack(str(tmp_path / "1" / outputs.CLASSES_MRCS)),
+                                  mrc.read_stack(str(tmp_path / "2" / outputs.CLASSES_MRCS)))
