@@ -83,9 +83,9 @@ def misfits(classes, scores, new):
 def _plan(ctx, out_dir, n_classes, final):
     """Rank 0: the manifest of this call (with its ``growth``), checking the earlier input's prefix, and
     whether a run is there to grow."""
-    source, settings = ctx.source, ctx.settings
+    source, settings = ctx.input_source, ctx.settings
     new = rundir.manifest("mra", settings, source, ctx.radius, n_classes,
-                          {"classes": int(n_classes), "seed": int(settings.seed)}, grow=True)
+                          {"classes": int(n_classes), "seed": int(settings.seed)}, ctx.source.box, grow=True)
     found = rundir.survey(rundir.check_out(out_dir, rundir.input_files(source)))
     previous = found.manifest
     if previous is None or "growth" not in previous:   # a new run (claim refuses anything else)
@@ -157,6 +157,7 @@ def _seed(ctx, state, new, out_dir):
     if len(low) >= least:
         aligned = align.align_reference_free(
             ctx.read(low), settings=dataclasses.replace(ctx.settings, iterations=SEED_ITERATIONS, ctf="none",
+                                                        max_resolution=None, internal_box=None,
                                                         use_prior=False, auto_stop=False),
             comm=parallel.Serial(), log=lambda *_: None)
         classes, params = classes.copy(), params.copy()
@@ -197,7 +198,7 @@ def grow_multi_reference(particles, n_classes, settings, out_dir, final=False, c
         new, resume = _plan(ctx, out_dir, n_classes, final)
         e = new["growth"][-1]
         claim = rundir.claim(out_dir, new, resume=resume, iterations=_end(e, ctx.settings)[1],
-                             inputs=rundir.input_files(ctx.source, inputs), log=ctx.log, grow=True)
+                             inputs=rundir.input_files(ctx.input_source, inputs), log=ctx.log, grow=True)
         entry = np.array([e["from"], e["count"], e["after"], e["final"], len(new["growth"])], np.int64)
         growth = new["growth"]
     first, count_, after, last_batch, batch = (int(v) for v in ctx.comm.allgather(entry)[:5])
@@ -236,11 +237,10 @@ def grow_multi_reference(particles, n_classes, settings, out_dir, final=False, c
                 ctx.log("batch %d and final pass: %d new particles, %d iteration(s) over all %d in %.1f s, %d "
                         "classes" % (batch, count - first, ctx.settings.final_iterations, count,
                                      time.perf_counter() - start, len(state.references)))
-        result = loop.Result(state.classes, state.params, state.scores, state.averages, state.references,
-                             state.cutoffs, state.history)
+        result = align._result(ctx, state)
         if ctx.comm.rank == 0:
             result.history = _annotated(state.history, growth)
-            outputs.write(out_dir, ctx.source, result)
+            outputs.write(out_dir, ctx.input_source, result)
     finally:
         if claim is not None:
             claim.release()

@@ -6,6 +6,7 @@ their new parameters -> filtered references for the next iteration.  After each 
 state is checkpointed (atomically) so ``resume`` continues from the last complete one.
 """
 import copy
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -13,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import images as imgops
-from . import criteria, ctf_correction, outputs, references, refine, search
+from . import criteria, ctf_correction, downsample, outputs, references, refine, search
 from .errors import InputError
-from .geometry import MIRROR, PSI, SX, SY, center_offsets, polar_grid, shift_grid
+from .geometry import MIRROR, PSI, SX, SY, center_offsets, shift_grid
 
 CHECKPOINTS_KEPT = 2
 PROGRESS_SECONDS = 10.0  # within an iteration, report progress at most this often
@@ -38,20 +39,25 @@ class Result:
 
 
 class Context:
-    """What every pass needs: the particles, this rank's share, the backend and the grid."""
+    """What every pass needs: the particles, this rank's share, the backend and the grid.
+
+    The run works at the internal box (:func:`~.downsample.plan`): ``source`` gives the particles
+    Fourier-cropped there and ``settings`` holds radius and shifts in internal px; ``input_source``
+    and ``input_settings`` are as given, and :meth:`at_input_box` is the final pass's view of them.
+    """
 
     def __init__(self, source, settings, comm, backend, log):
-        self.source, self.settings, self.comm, self.backend, self.log = source, settings, comm, backend, log
+        self.comm, self.backend, self.log = comm, backend, log
+        self.input_source, self.input_settings = source, settings
+        self.scale, self.grid = downsample.checked_plan(source.box, getattr(source, "pixel_size", None), settings)
+        if self.scale.crops:
+            source = downsample.CroppedSource(source, self.scale.internal_box, settings.threads)
+        if self.scale.pixel_size is not None or self.scale.crops:
+            log(self.scale.describe())
+        settings = self.scale.internal(settings)
+        self.source, self.settings = source, settings
         box = source.box
-        self.radius = settings.resolved_radius(box)
-        if settings.radius is not None and self.radius < 2:
-            raise InputError("a radius of %d px is too small: use a radius of at least 2 px, or leave it out "
-                             "(automatic: the largest that fits)" % self.radius)
-        if self.radius < 2:
-            raise InputError("the %d px box is too small for a shift range of %g px: use a smaller shift "
-                             "range or larger images" % (box, settings.shift_range))
-        self.grid = polar_grid(self.radius, settings.first_ring, settings.ring_step)
-        search.check_geometry(box, self.grid, settings.shift_range)
+        self.radius = self.scale.radius
         search.check_search_size(1, self.grid, settings.shift_range, settings.shift_step)  # before allocating
         self.shifts = shift_grid(settings.shift_range, settings.shift_step)
         self.offset_limit = search.offset_limit(box, self.grid)
@@ -64,6 +70,17 @@ class Context:
         sub = copy.copy(self)
         sub.local = np.intersect1d(self.local, subset)
         return sub
+
+    def at_input_box(self):
+        """This context at the input box (the final averages): the input particles, the mask radius
+        in input px, their CTF correction, and batches of about the same bytes as the run's."""
+        full = copy.copy(self)
+        factor = self.scale.factor
+        full.source, full.radius = self.input_source, self.radius * factor
+        full.settings = dataclasses.replace(self.settings, radius=None, shift_range=None, shift_step=None,
+                                            batch_size=max(1, int(self.settings.batch_size / factor ** 2)))
+        full.correction = ctf_correction.resolve(self.input_settings, self.input_source)
+        return full
 
     def batches(self):
         size = max(1, int(self.settings.batch_size))

@@ -146,8 +146,11 @@ def fingerprint(source, use_prior):
     return found
 
 
-def manifest(command, settings, source, radius, n_classes, start, grow=False):
+def manifest(command, settings, source, radius, n_classes, start, internal_box=None, grow=False):
     """The manifest of a run (a JSON-ready dict).
+
+    ``source`` is the input as given; ``settings``, ``radius`` and ``internal_box`` (default: the
+    input box) are those the run works with (:func:`~.downsample.plan`), its checkpoints being there.
 
     ``start`` says how the references start: ``{"classes": K, "seed": S}`` (random particles) or
     ``{"references": array}`` (given; stored as its digest); ``{}`` for reference-free alignment.
@@ -161,6 +164,7 @@ def manifest(command, settings, source, radius, n_classes, start, grow=False):
             continue
         chosen[name] = getattr(settings, name)
     chosen["radius"] = int(radius)
+    chosen["internal_box"] = int(source.box if internal_box is None else internal_box)
     chosen["ctf"] = ctf_correction.resolve_mode(settings.ctf, getattr(source, "ctf", None) is not None)[0]
     if command == "mra":
         chosen["min_members"] = int(settings.resolved_min_members(source.count, n_classes))

@@ -1,5 +1,6 @@
 """A growing run (mra --grow): batches placed against the current classes, a class seeded when a
 view the classes lack arrives, the final pass, the prefix check, and resuming an interrupted batch."""
+import dataclasses
 import os
 import shutil
 
@@ -156,7 +157,7 @@ def test_the_subsets_hook_searching_everyone_is_a_plain_iteration_and_a_subset_m
     np.testing.assert_array_equal(everyone.params, plain.params)
     np.testing.assert_array_equal(everyone.references, plain.references)
     some = np.arange(30, 60)
-    ctx.settings = Settings(iterations=4, threads=2, backend="cpu")   # two more, on the subset
+    ctx.settings = dataclasses.replace(ctx.settings, iterations=4)   # two more, on the subset
     part = loop.iterate(ctx, plain, True, subsets=lambda _: some)
     others = np.setdiff1d(np.arange(90), some)
     np.testing.assert_array_equal(part.params[others], plain.params[others])
