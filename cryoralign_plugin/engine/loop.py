@@ -6,6 +6,7 @@ their new parameters -> filtered references for the next iteration.  After each 
 state is checkpointed (atomically) so ``resume`` continues from the last complete one.
 """
 import copy
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -13,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import images as imgops
-from . import criteria, ctf_correction, minibatch, outputs, references, refine, search
+from . import criteria, ctf_correction, downsample, outputs, references, refine, search
 from .errors import InputError
-from .geometry import MIRROR, PSI, SX, SY, center_offsets, polar_grid, shift_grid
+from .geometry import MIRROR, PSI, SX, SY, center_offsets, shift_grid
 
 CHECKPOINTS_KEPT = 2
 PROGRESS_SECONDS = 10.0  # within an iteration, report progress at most this often
@@ -38,20 +39,25 @@ class Result:
 
 
 class Context:
-    """What every pass needs: the particles, this rank's share, the backend and the grid."""
+    """What every pass needs: the particles, this rank's share, the backend and the grid.
+
+    The run works at the internal box (:func:`~.downsample.plan`): ``source`` gives the particles
+    Fourier-cropped there and ``settings`` holds radius and shifts in internal px; ``input_source``
+    and ``input_settings`` are as given, and :meth:`at_input_box` is the final pass's view of them.
+    """
 
     def __init__(self, source, settings, comm, backend, log):
-        self.source, self.settings, self.comm, self.backend, self.log = source, settings, comm, backend, log
+        self.comm, self.backend, self.log = comm, backend, log
+        self.input_source, self.input_settings = source, settings
+        self.scale, self.grid = downsample.checked_plan(source.box, getattr(source, "pixel_size", None), settings)
+        if self.scale.crops:
+            source = downsample.CroppedSource(source, self.scale.internal_box, settings.threads)
+        if self.scale.pixel_size is not None or self.scale.crops:
+            log(self.scale.describe())
+        settings = self.scale.internal(settings)
+        self.source, self.settings = source, settings
         box = source.box
-        self.radius = settings.resolved_radius(box)
-        if settings.radius is not None and self.radius < 2:
-            raise InputError("a radius of %d px is too small: use a radius of at least 2 px, or leave it out "
-                             "(automatic: the largest that fits)" % self.radius)
-        if self.radius < 2:
-            raise InputError("the %d px box is too small for a shift range of %g px: use a smaller shift "
-                             "range or larger images" % (box, settings.shift_range))
-        self.grid = polar_grid(self.radius, settings.first_ring, settings.ring_step)
-        search.check_geometry(box, self.grid, settings.shift_range)
+        self.radius = self.scale.radius
         search.check_search_size(1, self.grid, settings.shift_range, settings.shift_step)  # before allocating
         self.shifts = shift_grid(settings.shift_range, settings.shift_step)
         self.offset_limit = search.offset_limit(box, self.grid)
@@ -81,6 +87,17 @@ class Context:
         out = np.array(full, dtype=gathered.dtype)
         out[self.active] = gathered
         return out
+
+    def at_input_box(self):
+        """This context at the input box (the final averages): the input particles, the mask radius
+        in input px, their CTF correction, and batches of about the same bytes as the run's."""
+        full = copy.copy(self)
+        factor = self.scale.factor
+        full.source, full.radius = self.input_source, self.radius * factor
+        full.settings = dataclasses.replace(self.settings, radius=None, shift_range=None, shift_step=None,
+                                            batch_size=max(1, int(self.settings.batch_size / factor ** 2)))
+        full.correction = ctf_correction.resolve(self.input_settings, self.input_source)
+        return full
 
     def batches(self):
         size = max(1, int(self.settings.batch_size))
@@ -127,17 +144,37 @@ def average_pass(ctx, params, classes, n_classes):
     return ctx.comm.allreduce(sums)
 
 
-def class_references(ctx, params, classes, counts, max_cutoff=references.MAX_CUTOFF):
+def class_references(ctx, params, classes, counts, max_cutoff=references.MAX_CUTOFF, sums=None):
     """References, cutoffs and averages of the particles with their new parameters and classes:
     Wiener-filtered CTF-weighted averages with CTF correction wiener (:mod:`.ctf_correction`),
-    else averages of the particles as the search sees them."""
+    else averages of the particles as the search sees them (from ``sums``, their class sums, if known)."""
     n_classes = len(counts)
     if ctx.correction.mode == "wiener":
         averages, curves = ctf_correction.wiener_averages(
             *ctf_correction.wiener_pass(ctx, params, classes, n_classes), counts)
         return references.finish(averages, curves, ctx.radius, ctx.settings.center, max_cutoff)
-    sums = average_pass(ctx, params, classes, n_classes)
+    if sums is None:
+        sums = average_pass(ctx, params, classes, n_classes)
     return references.build(sums, counts, ctx.radius, ctx.settings.center, max_cutoff)
+
+
+def _class_sums(members, part, state, params, classes, events):
+    """With a ``subsets`` hook, the class sums of the particles with a class (``members``), kept in the
+    state: the previous ones updated with the change of the particles searched (``part``; exact, in
+    fixed point) when only some were and no class was re-seeded, else a pass over the members.  None
+    with Wiener averages (their sums are not kept)."""
+    n_classes = len(state.references)
+    if members.correction.mode == "wiener":
+        return None
+    subset = part.active
+    if subset is None or state.sums is None or events or len(state.sums) != n_classes:
+        return average_pass(members, params, classes, n_classes)
+    before = subset[state.classes[subset] >= 0]   # searched particles that were in a class: theirs come out
+    count = members.source.count if members.active is None else len(members.active)
+    if len(subset) + len(before) >= count:   # then a pass over the members reads fewer
+        return average_pass(members, params, classes, n_classes)
+    return (state.sums + average_pass(part, params, classes, n_classes)
+            - average_pass(part.subset(before), state.params, state.classes, n_classes))
 
 
 def _angle_change(new, old):
@@ -179,24 +216,26 @@ class State:
     cutoffs: np.ndarray
     averages: np.ndarray
     history: list
+    sums: np.ndarray = None   # class sums (fixed point), kept when iterate has a subsets hook
 
 
 def iterate(ctx, state, reseed, out_dir=None, subsets=None):
     """Run iterations ``state.iteration + 1 ..`` up to the limit (or auto-stop); return the state.
 
-    ``subsets(iteration)`` gives the sorted global indices of the particles searched in that iteration,
-    or None for all (default: the settings' mini-batch schedule, :mod:`.minibatch`).  The others keep
-    their class and parameters; the averages take every particle with a class.  Auto-stop is judged
-    only on iterations that search every particle.
+    ``subsets(iteration)``, if given, returns the sorted global indices of the particles to search in
+    that iteration, or None for all (:mod:`.minibatch`'s schedule, :mod:`.grow`'s new particles).  The
+    others keep their class and parameters; the averages take every particle with a class.  With the
+    hook the state keeps the class sums, so an iteration searching a subset updates them with that
+    subset's change instead of averaging every particle again.  The history row's ``searched`` says
+    how many were searched; auto-stop is judged only on iterations that search every particle.
     """
     settings, comm = ctx.settings, ctx.comm
     n_classes = len(state.references)
-    if subsets is None:
-        subsets = minibatch.schedule(settings, ctx.source.count, n_classes)
     balanced = settings.resolved_balanced_iterations()
     for iteration in range(state.iteration + 1, settings.iterations + 1):
         start = time.perf_counter()
-        part = ctx.subset(subsets(iteration))   # the particles this iteration searches
+        subset = subsets(iteration) if subsets is not None else None
+        part = ctx.subset(subset)   # the particles this iteration searches
         cand = search_pass(part, state.references, state.params)
         if reseed and n_classes > 1 and iteration <= balanced:
             choice = references.balanced_assignment(comm.allgather(cand.score))[part.share]
@@ -211,7 +250,7 @@ def iterate(ctx, state, reseed, out_dir=None, subsets=None):
         scores = part.gather(state.scores, local_scores)
         classes = part.gather(state.classes, choice.astype(np.int64))
         margins = comm.allgather(criteria.margins(cand.score))
-        searched = slice(None) if part.active is None else part.active
+        searched = slice(None) if subset is None else subset
         assigned = classes >= 0
         events = []
         if reseed and n_classes > 1:
@@ -221,14 +260,15 @@ def iterate(ctx, state, reseed, out_dir=None, subsets=None):
         counts = references.class_counts(classes, parity, n_classes)
         cap = references.cutoff_cap(iteration) if n_classes > 1 else references.MAX_CUTOFF
         members = ctx.subset(None if assigned.all() else np.flatnonzero(assigned))
-        refs, cutoffs, averages = class_references(members, params, classes, counts, cap)
+        sums = None if subsets is None else _class_sums(members, part, state, params, classes, events)
+        refs, cutoffs, averages = class_references(members, params, classes, counts, cap, sums)
         row = {"iteration": iteration, "searched": len(margins)}
         row.update(_summary(ctx, state, params, classes, scores, time.perf_counter() - start, searched))
         row["class_sizes"] = counts.sum(axis=1).tolist()
         row["resolution_px"] = (1.0 / cutoffs).tolist()
         row["reseeded"] = events
         row.update(criteria.class_criteria(classes[searched], scores[searched], margins, n_classes))
-        state = State(iteration, params, classes, scores, refs, cutoffs, averages, state.history + [row])
+        state = State(iteration, params, classes, scores, refs, cutoffs, averages, state.history + [row], sums)
         if out_dir is not None and comm.rank == 0:
             save(out_dir, state)
         ctx.log(progress_line(row, settings.iterations, ctx.source.count))
@@ -256,6 +296,8 @@ def save(out_dir, state):
     """Checkpoint ``iter_NNN`` atomically and drop older ones beyond the last few."""
     arrays = {"params": state.params, "classes": state.classes, "scores": state.scores,
               "references": state.references, "cutoffs": state.cutoffs, "averages": state.averages}
+    if state.sums is not None:
+        arrays["sums"] = state.sums
     outputs.save_checkpoint(out_dir, state.iteration, arrays, {"history": state.history})
     old = state.iteration - CHECKPOINTS_KEPT
     if old >= 0:
@@ -274,6 +316,11 @@ def restore(out_dir, count, box, n_classes):
                          "this run has %d particles, %d classes of %d px): use a new output directory or "
                          "the same input" % (out_dir, len(arrays["params"]), len(arrays["references"]),
                                              arrays["references"].shape[-1], count, n_classes, box))
+    return state_of(iteration, arrays, meta)
+
+
+def state_of(iteration, arrays, meta):
+    """The :class:`State` of a checkpoint's ``(iteration, arrays, meta)``."""
     return State(iteration, arrays["params"], arrays["classes"], arrays["scores"], arrays["references"],
-                 arrays["cutoffs"], arrays["averages"], meta["history"])
+                 arrays["cutoffs"], arrays["averages"], meta["history"], arrays.get("sums"))
 

@@ -65,9 +65,12 @@ class Schedule:
 
 
 def schedule(settings, count, n_classes):
-    """The run's :class:`Schedule`; InputError when ``iterations`` would end within its subsets."""
+    """The run's :class:`Schedule` (``loop.iterate``'s ``subsets``), None without mini-batches;
+    InputError when ``iterations`` would end within its subsets."""
     plan = Schedule(settings, count, n_classes)
-    if plan.sizes and settings.iterations <= len(plan.sizes):
+    if not plan.sizes:
+        return None
+    if settings.iterations <= len(plan.sizes):
         raise InputError("--iterations %d ends within the mini-batch iterations (the first %d search subsets of "
                          "the %d particles): give --iterations %d or more, a smaller --minibatch-iterations, or "
                          "--no-minibatch" % (settings.iterations, len(plan.sizes), count, len(plan.sizes) + 1))
