@@ -22,7 +22,8 @@ def _source(particles):
     return ArraySource(np.asarray(particles, dtype=np.float32))
 
 
-def _context(particles, settings, comm, log):
+def _context(particles, settings, comm, log, out_dir=None):
+    """The run's :class:`~.loop.Context`; ``out_dir`` holds its cache of cropped particles."""
     source = _source(particles)
     comm = comm or parallel.world()
     settings.check()
@@ -30,7 +31,7 @@ def _context(particles, settings, comm, log):
     log = log if comm.rank == 0 else (lambda *_: None)
     fallback = backend.name == "cpu" and settings.gpu
     log("backend: %s%s" % (backend.name, " (no usable GPU found: running on the CPU)" if fallback else ""))
-    return loop.Context(source, settings, comm, backend, log)
+    return loop.Context(source, settings, comm, backend, log, out_dir)
 
 
 def _initial_params(ctx):
@@ -95,7 +96,7 @@ def align_reference_free(particles, settings=None, out_dir=None, resume=False, c
     ``inputs`` are ``(what, path)`` of input files besides the source's, never to be written over.
     """
     settings = settings or Settings(**options)
-    ctx = _context(particles, settings, comm, log)
+    ctx = _context(particles, settings, comm, log, out_dir)
 
     def initial_state():   # the average of the particles at their starting parameters
         params = _initial_params(ctx)
@@ -117,7 +118,7 @@ def align_multi_reference(particles, n_classes=None, references=None, settings=N
     ``overwrite`` and ``inputs`` as for :func:`align_reference_free`.
     """
     settings = settings or Settings(**options)
-    ctx = _context(particles, settings, comm, log)
+    ctx = _context(particles, settings, comm, log, out_dir)
     refs = _initial_references(ctx, n_classes, references)
     count = ctx.source.count
     state = loop.State(0, _initial_params(ctx), np.full(count, -1, np.int64), np.zeros(count), refs,

@@ -230,13 +230,14 @@ class CroppedSource(ParticleSource):
     shifts and each particle's CTF pixel size scaled by the factor, the CTF itself (A) kept, so that
     the CTF correction computes the CTF of the cropped images.
 
-    Each particle is cropped once: the cropped images are kept in an unlinked temporary file (in
-    ``TMPDIR``; ``box^2 x 4`` bytes per particle read, so a run's later passes read small images
-    instead of cropping large ones again; page cache, not the process's memory).  Where that file
-    cannot be written (disk full), particles are cropped on every read instead.
+    With a ``cache_dir`` (the run's output folder: a run writes nowhere else) each particle is
+    cropped once: the cropped images are kept in an unlinked temporary file there (``box^2 x 4``
+    bytes per particle read, so a run's later passes read small images instead of cropping large ones
+    again; page cache, not the process's memory).  Without one, before that folder exists, or where
+    the file cannot be written (disk full), particles are cropped on every read instead.
     """
 
-    def __init__(self, source, box, threads=None):
+    def __init__(self, source, box, threads=None, cache_dir=None):
         self.input = source
         self.factor = source.box / box
         ctf = getattr(source, "ctf", None)
@@ -246,7 +247,8 @@ class CroppedSource(ParticleSource):
         super().__init__(count=source.count, box=box, ids=source.ids, names=source.names,
                          pixel_size=None if pixel_size is None else pixel_size * self.factor, ctf=ctf)
         self.threads = max(1, int(threads or os.cpu_count() or 1))
-        self._cache = True          # False once the cache file could not be written
+        self._cache_dir = cache_dir
+        self._cache = cache_dir is not None   # False once the cache file could not be written
         self._file = None
         self._cached = np.zeros(self.count, bool)
 
@@ -272,9 +274,11 @@ class CroppedSource(ParticleSource):
             self._store(out[todo], idx[todo])
 
     def _store(self, images, idx):
+        if not os.path.isdir(self._cache_dir):   # not created yet (before the run claims it)
+            return
         try:
             if self._file is None:
-                self._file = tempfile.TemporaryFile(prefix="cryoralign-cropped-")
+                self._file = tempfile.TemporaryFile(prefix=".cropped-", dir=self._cache_dir)
             for image, i in zip(images, idx):
                 os.pwrite(self._file.fileno(), np.ascontiguousarray(image).data, int(i) * image.nbytes)
             self._cached[idx] = True

@@ -189,7 +189,7 @@ def grow_multi_reference(particles, n_classes, settings, out_dir, final=False, c
     Starts the run there if there is none; ``final`` says the input is complete.  Returns the
     :class:`~.loop.Result` of every particle; writes the run's files as any run does.
     """
-    ctx = align._context(particles, settings, comm, log)
+    ctx = align._context(particles, settings, comm, log, out_dir)
     count = ctx.source.count
     if n_classes is None or not 1 <= n_classes <= count:
         raise InputError("--grow needs --classes between 1 and the first batch's %d particles" % count)

@@ -44,14 +44,15 @@ class Context:
     The run works at the internal box (:func:`~.downsample.plan`): ``source`` gives the particles
     Fourier-cropped there and ``settings`` holds radius and shifts in internal px; ``input_source``
     and ``input_settings`` are as given, and :meth:`at_input_box` is the final pass's view of them.
+    ``cache_dir`` (the run's output folder) keeps the cropped particles (:class:`~.downsample.CroppedSource`).
     """
 
-    def __init__(self, source, settings, comm, backend, log):
+    def __init__(self, source, settings, comm, backend, log, cache_dir=None):
         self.comm, self.backend, self.log = comm, backend, log
         self.input_source, self.input_settings = source, settings
         self.scale, self.grid = downsample.checked_plan(source.box, getattr(source, "pixel_size", None), settings)
         if self.scale.crops:
-            source = downsample.CroppedSource(source, self.scale.internal_box, settings.threads)
+            source = downsample.CroppedSource(source, self.scale.internal_box, settings.threads, cache_dir)
         if self.scale.pixel_size is not None or self.scale.crops:
             log(self.scale.describe())
         settings = self.scale.internal(settings)

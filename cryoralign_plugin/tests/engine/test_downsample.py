@@ -146,17 +146,18 @@ def test_the_coarsest_resolution_offered_is_accepted():
 # ---------------------------------------------------------------------------------------------
 # The cropped source
 
-def test_the_cropped_source_scales_pixels_prior_and_ctf():
+def test_the_cropped_source_scales_pixels_prior_and_ctf(tmp_path):
     views = synthetic.slicem_references(2, 64, seed=1)
     images, _, params, truth = synthetic.make_particles(views, 12, snr=1.0, seed=2,
                                                         ctf=synthetic.CtfSimulation(pixel_size=2.0))
     cols = ctf.CtfColumns(**{k: truth[k] for k in synthetic.CTF_KEYS}, pixel_size=2.0)
     source = ArraySource(images, pixel_size=2.0, prior=params, ctf=cols)
-    cropped = downsample.CroppedSource(source, 32, threads=1)
+    cropped = downsample.CroppedSource(source, 32, threads=1, cache_dir=str(tmp_path))
     assert (cropped.box, cropped.pixel_size, cropped.count) == (32, 4.0, 12)
     np.testing.assert_array_equal(cropped.read([3, 0]), downsample.fourier_crop(images[[3, 0]], 32))
     # read again (from the cache where cropped before) in any order: the same images
     np.testing.assert_array_equal(cropped.read([0, 5, 3]), downsample.fourier_crop(images[[0, 5, 3]], 32))
+    assert cropped._cached.sum() == 3 and os.listdir(tmp_path) == []   # kept in the folder, unlinked
     np.testing.assert_array_equal(cropped.prior[:, [0, 3]], params[:, [0, 3]])
     np.testing.assert_allclose(cropped.prior[:, 1:3], params[:, 1:3] / 2)
     np.testing.assert_array_equal(cropped.ctf.pixel_size, np.full(12, 4.0))
@@ -167,13 +168,13 @@ def test_the_cropped_source_scales_pixels_prior_and_ctf():
     np.testing.assert_allclose(np.delete(small, 16, axis=1)[:, :, :16], full[:, rows, :16], atol=2e-5)
 
 
-def test_without_room_for_the_cache_particles_are_cropped_on_every_read(monkeypatch):
+def test_without_room_for_the_cache_particles_are_cropped_on_every_read(monkeypatch, tmp_path):
     images = np.random.default_rng(0).standard_normal((6, 40, 40)).astype(np.float32)
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(downsample.tempfile, "TemporaryFile", full)
-    cropped = downsample.CroppedSource(ArraySource(images), 20)
+    cropped = downsample.CroppedSource(ArraySource(images), 20, cache_dir=str(tmp_path))
     for _ in range(2):
         np.testing.assert_array_equal(cropped.read([4, 1]), downsample.fourier_crop(images[[4, 1]], 20))
 
@@ -347,3 +348,22 @@ def test_two_mpi_ranks_give_the_single_process_result_at_an_internal_box(tmp_pat
     assert (tmp_path / "1" / particles).read_text() == (tmp_path / "2" / particles).read_text()
     np.testing.assert_array_equal(mrc.read_stack(str(tmp_path / "1" / outputs.CLASSES_MRCS)),
                                   mrc.read_stack(str(tmp_path / "2" / outputs.CLASSES_MRCS)))
+
+
+def test_a_run_keeps_its_cropped_particles_in_its_own_folder_only(monkeypatch, tmp_path):
+    """The crop cache is the one file a run at an internal box creates besides its outputs: it must be
+    in the run's folder (a run writes nowhere else), and without a folder there is none."""
+    images = synthetic.make_particles(synthetic.slicem_references(2, 64, seed=3), 40, snr=1.0, seed=4)[0]
+    folders = []
+    real = downsample.tempfile.TemporaryFile
+
+    def recorded(*args, **kwargs):
+        folders.append(kwargs.get("dir"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(downsample.tempfile, "TemporaryFile", recorded)
+    settings = dict(iterations=2, threads=1, backend="cpu", internal_box=32)
+    align.align_multi_reference(images, n_classes=2, log=lambda *_: None, **settings)
+    assert folders == []
+    out = tmp_path / "run"
+    align.align_multi_reference(images, n_classes=2, out_dir=str(out), log=lambda *_: None, **settings)
+    assert folders and set(folders) == {str(out)}
