@@ -48,7 +48,8 @@ from cryoralign_plugin.engine import align, loop, references, synthetic
 from cryoralign_plugin.engine import images as imgops
 from cryoralign_plugin.engine.ctf import wavelength
 from cryoralign_plugin.engine.mrc import read_stack
-from cryoralign_plugin.engine.settings import Settings
+from cryoralign_plugin.engine.geometry import largest_radius
+from cryoralign_plugin.engine.settings import SHIFT_RANGE, Settings
 from cryoralign_plugin.engine.sources import StarSource
 
 PIXEL_SIZE = 2.0
@@ -184,7 +185,7 @@ def class_rows(result, truth_classes, truth, views, radius, pixel_size):
 def true_alignment_averages(source, mode, args, truth_classes, truth):
     """The class averages the engine makes from the TRUE classes and parameters (perfect alignment):
     what the data allow, whatever the search does."""
-    ctx = align._context(source, settings_for(mode, args), None, quiet)
+    ctx = align._context(source, settings_for(mode, args), None, quiet).at_input_box()   # as the final averages
     counts = references.class_counts(truth_classes, np.arange(len(truth_classes)) % 2, N_VIEWS)
     return loop.class_references(ctx, truth, truth_classes, counts)[2]
 
@@ -220,7 +221,7 @@ def main(argv=None):
         truth_classes, truth = synthetic.read_truth(paths["truth"])
         views = np.asarray(read_stack(paths["references"]), np.float32)   # the clean views, no CTF
         source = StarSource.from_star(paths["particles_star"])
-        radius = Settings().resolved_radius(args.box)
+        radius = largest_radius(args.box, SHIFT_RANGE)   # the automatic mask at the input box
         print("data set: %d particles of %d px, %.1f A/px, SNR %g, %d SLICEM views (%.0f s); mask radius %d px"
               % (args.particles, args.box, pixel_size, args.snr, N_VIEWS, time.perf_counter() - t, radius),
               flush=True)

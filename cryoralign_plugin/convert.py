@@ -200,8 +200,9 @@ def _ctfValues(part, columns, optics):
     return row
 
 
-def writeSetOfParticles(partSet, starFile, usePrior=False, writeCtf=True):
-    """Write the engine input STAR for the enabled particles of ``partSet``, in id order.
+def writeSetOfParticles(partSet, starFile, usePrior=False, writeCtf=True, lastId=None):
+    """Write the engine input STAR for the enabled particles of ``partSet``, in id order (those up to
+    ``lastId`` if given: a set growing in streaming, whose new particles have larger ids).
 
     ``rlnImageId`` is the Scipion object id (the key used to read results back).  Stacks are
     linked next to ``starFile``.  With ``usePrior``, the set's 2D alignment is written in the
@@ -229,7 +230,8 @@ def writeSetOfParticles(partSet, starFile, usePrior=False, writeCtf=True):
         writer = Table.Writer(body)
         writer.writeTableName(TABLE_PARTICLES)
         writer.writeHeader([Table.Column(c) for c in columns])
-        for part in partSet.iterItems(orderBy="id", direction="ASC"):
+        for part in partSet.iterItems(orderBy="id", direction="ASC",
+                                      where=None if lastId is None else "id<=%d" % lastId):
             if not part.isEnabled():
                 continue
             index, fileName = part.getLocation()

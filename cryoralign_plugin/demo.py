@@ -10,8 +10,12 @@ second STAR and stack), aligns view 1 reference-free, classifies all particles o
 correction Automatic in both, i.e. Wiener since the input has a CTF), and reads the results back
 through the Scipion objects.  The summary compares them with the truth: the alignment error, the
 purity and, after registering each class average onto its majority's true (CTF-free) view, their
-FRC-0.5 resolution and normalised correlation.  Writes ``summary.txt`` and the viewer's plots (PNG)
-to ``demo_output/`` and says how to reopen the project.
+FRC-0.5 resolution and normalised correlation.  Last, a short streaming run: pwem's
+ProtCreateStreamData publishes a second, CTF-free set (600 particles of 6 views) in groups of 100
+every 8 s while the streaming classification places each batch; the summary lists when each update
+of the classes appeared, the purity at the end and the time from the last particle's arrival to the
+final classes.  Writes ``summary.txt`` and the viewer's plots (PNG) to ``demo_output/`` and says how
+to reopen the project.
 """
 import os
 import time
@@ -35,7 +39,11 @@ SAMPLING = 2.5
 CTF = synthetic.CtfSimulation(defocus_range=(0.8, 3.0), voltage=VOLTAGE, cs=CS, amplitude_contrast=Q0,
                               pixel_size=SAMPLING)
 RFA_ITERATIONS, MRA_ITERATIONS, MPI = 6, 12, 2
-PLOTS = {"rfa": ["displayGallery", "displayAngles", "displayConvergence"],
+# The streaming run: a CTF-free set published in groups (ProtCreateStreamData), classified as it comes.
+STREAM = dict(n_particles=600, box=BOX, n_classes=6, snr=0.5, seed=1)
+STREAM_GROUP, STREAM_INTERVAL, STREAM_FIRST, STREAM_ITERATIONS = 100, 8, 200, 10
+PLOTS = {"stream": ["displayGallery", "displayConvergence"],
+         "rfa": ["displayGallery", "displayAngles", "displayConvergence"],
          "mra": ["displayGallery", "displaySizes", "displayScores", "displayAngles", "displayShifts",
                  "displayMirror", "displayConvergence", "displayEmbedding"]}
 
@@ -168,6 +176,69 @@ def run_workflow(data, view1):
     return project, rfa, mra, seconds
 
 
+def run_stream(project):
+    """The streaming run; returns it and summary lines (each update of its classes as it appeared)."""
+    from pwem.objects import SetOfParticles
+    from pwem.protocols import ProtCreateStreamData, ProtImportParticles
+    from pwem.protocols.protocol_create_stream_data import SET_OF_PARTICLES
+    from pyworkflow.protocol import getProtocolFromDb
+    from .protocols import CryoralignProtStream2D
+
+    paths = synthetic.make_dataset(os.path.join(OUT, "stream"), source="phantom", **STREAM)
+    true_classes = synthetic.read_truth(paths["truth"])[0]
+    imp = project.newProtocol(ProtImportParticles, objLabel="import: streaming set",
+                              importFrom=ProtImportParticles.IMPORT_FROM_FILES,
+                              filesPath=os.path.dirname(paths["particles"]), filesPattern="particles.mrcs",
+                              samplingRate=SAMPLING)
+    launch(project, imp)
+    creator = project.newProtocol(ProtCreateStreamData, objLabel="stream of particles", setof=SET_OF_PARTICLES,
+                                  nDim=STREAM["n_particles"], groups=STREAM_GROUP,
+                                  creationInterval=STREAM_INTERVAL, inputParticles=imp.outputParticles)
+    project.launchProtocol(creator, wait=False)
+
+    def fresh(prot):
+        return getProtocolFromDb(project.path, prot.getDbPath(), prot.getObjId())
+
+    while not fresh(creator).hasAttribute("outputParticles"):
+        time.sleep(1)
+    project._updateProtocol(creator)
+    creator = project.getProtocol(creator.getObjId())
+    stream = project.newProtocol(CryoralignProtStream2D, objLabel="streaming classification", useGpu=False,
+                                 inputParticles=creator.outputParticles, numberOfClasses=STREAM["n_classes"],
+                                 numberOfIterations=STREAM_ITERATIONS, firstBatchSize=STREAM_FIRST,
+                                 streamBatchSize=STREAM_GROUP)
+    start = time.perf_counter()
+    project.launchProtocol(stream, wait=False)
+    lines, seen, arrived = [], None, None
+    while True:
+        current = fresh(stream)
+        if arrived is None and fresh(creator).isFinished():
+            arrived = time.perf_counter()
+        if current.hasAttribute("outputParticles") and current.outputParticles.getSize() != seen:
+            seen = current.outputParticles.getSize()
+            inputs = SetOfParticles(filename=creator.outputParticles.getFileName())
+            lines.append("  at %5.1f s: %3d particles in %2d classes (%d arrived)"
+                         % (time.perf_counter() - start, seen, current.outputClasses.getSize(), inputs.getSize()))
+            inputs.close()
+        if current.isFinished() or current.isFailed():
+            break
+        time.sleep(0.5)
+    if not current.isFinished():
+        raise RuntimeError("%s failed: %s" % (current.getRunName(), current.getErrorMessage()))
+    done = time.perf_counter()
+    found = np.zeros(STREAM["n_particles"], np.int64)
+    for cls in current.outputClasses.iterItems():   # ProtCreateStreamData names particle i "particle_%05d"
+        for p in cls:
+            found[int(os.path.basename(p.getFileName()).split("_")[-1])] = cls.getObjId()
+    return current, [
+        "%-34s %s" % ("streaming classification",
+                      "%d particles (%d views, SNR %g) in groups of %d every %d s: first batch %d, purity "
+                      "%.3f, %.1f s from the last particle's arrival to the final classes"
+                      % (STREAM["n_particles"], STREAM["n_classes"], STREAM["snr"], STREAM_GROUP,
+                         STREAM_INTERVAL, STREAM_FIRST, synthetic.purity(found, true_classes), done - arrived)),
+        "classes published while the particles arrived:"] + lines
+
+
 def summarize(rfa, mra, seconds, true_classes, truth, view1, views):
     """Summary lines, measured through the Scipion output objects."""
     index, params = engine_params(rfa.outputParticles)
@@ -235,10 +306,11 @@ def main():
     scipion_env.setup(user_data=USER_DATA)
     data, view1_star, true_classes, truth, view1, views = make_data()
     project, rfa, mra, seconds = run_workflow(data, view1_star)
-    lines = summarize(rfa, mra, seconds, true_classes, truth, view1, views)
+    stream, stream_lines = run_stream(project)
+    lines = summarize(rfa, mra, seconds, true_classes, truth, view1, views) + stream_lines
     with open(os.path.join(OUT, "summary.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    plots = save_plots(project, {"rfa": rfa, "mra": mra})
+    plots = save_plots(project, {"rfa": rfa, "mra": mra, "stream": stream})
     print("\n" + "\n".join(lines))
     print("\nwritten: %s" % os.path.join(OUT, "summary.txt"))
     for path in plots:

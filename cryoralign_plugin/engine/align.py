@@ -9,7 +9,7 @@ continues only a run with the same manifest, ``overwrite`` replaces a previous r
 import numpy as np
 
 from . import images as imgops
-from . import loop, outputs, parallel, references as reference_ops, rundir
+from . import downsample, loop, minibatch, outputs, parallel, references as reference_ops, rundir
 from .backends import get_backend
 from .errors import InputError
 from .settings import Settings
@@ -22,7 +22,8 @@ def _source(particles):
     return ArraySource(np.asarray(particles, dtype=np.float32))
 
 
-def _context(particles, settings, comm, log):
+def _context(particles, settings, comm, log, out_dir=None):
+    """The run's :class:`~.loop.Context`; ``out_dir`` holds its cache of cropped particles."""
     source = _source(particles)
     comm = comm or parallel.world()
     settings.check()
@@ -30,7 +31,7 @@ def _context(particles, settings, comm, log):
     log = log if comm.rank == 0 else (lambda *_: None)
     fallback = backend.name == "cpu" and settings.gpu
     log("backend: %s%s" % (backend.name, " (no usable GPU found: running on the CPU)" if fallback else ""))
-    return loop.Context(source, settings, comm, backend, log)
+    return loop.Context(source, settings, comm, backend, log, out_dir)
 
 
 def _initial_params(ctx):
@@ -45,12 +46,14 @@ def _run(ctx, n_refs, initial_state, reseed, out_dir, resume, overwrite, command
     The initial state is built only after the folder is claimed and only when no checkpoint is resumed:
     for RFA it is a pass over every particle, which a refused or continued run must not pay for.
     """
+    subsets = minibatch.schedule(ctx.settings, ctx.source.count, n_refs)   # refuses before the folder is claimed
     claim = None
     if out_dir is not None:
         if ctx.comm.rank == 0:   # claims the folder (or refuses, writing nothing) before anything is written
-            new = rundir.manifest(command, ctx.settings, ctx.source, ctx.radius, n_refs, start)
+            new = rundir.manifest(command, ctx.settings, ctx.input_source, ctx.radius, n_refs, start,
+                                  ctx.source.box)
             claim = rundir.claim(out_dir, new, resume, overwrite, ctx.settings.iterations,
-                                 rundir.input_files(ctx.source, inputs), ctx.log)
+                                 rundir.input_files(ctx.input_source, inputs), ctx.log)
         # rank 0 decides whether to resume; the others wait for it here (if it refuses, the CLI aborts them)
         resume = bool(ctx.comm.allgather(np.array([claim is not None and claim.resume]))[0])
     try:
@@ -59,15 +62,29 @@ def _run(ctx, n_refs, initial_state, reseed, out_dir, resume, overwrite, command
             ctx.log("continuing after iteration %d" % state.iteration)
         else:
             state = initial_state()
-        state = loop.iterate(ctx, state, reseed, out_dir)
-        result = loop.Result(state.classes, state.params, state.scores, state.averages, state.references,
-                             state.cutoffs, state.history)
+        state = loop.iterate(ctx, state, reseed, out_dir, subsets)
+        result = _result(ctx, state)
         if out_dir is not None and ctx.comm.rank == 0:
-            outputs.write(out_dir, ctx.source, result)
+            outputs.write(out_dir, ctx.input_source, result)
     finally:
         if claim is not None:
             claim.release()   # the lock: held for the whole run
     return result
+
+
+def _result(ctx, state):
+    """The run's :class:`~.loop.Result` in the input's pixels: shifts in input px and, for a run at a
+    smaller internal box, class averages (and their resolutions) at the input box, computed from the
+    input particles with the final parameters and CTF-corrected as the run was (a final pass).  The
+    references stay those of the internal box, as the checkpoints do."""
+    if not ctx.scale.crops:
+        return loop.Result(state.classes, state.params, state.scores, state.averages, state.references,
+                           state.cutoffs, state.history)
+    ctx.log("final averages at the input box (%d px) from the input particles" % ctx.input_source.box)
+    params = ctx.scale.to_input(state.params)
+    counts = reference_ops.class_counts(state.classes, np.arange(len(state.classes)) % 2, len(state.references))
+    _, cutoffs, averages = loop.class_references(ctx.at_input_box(), params, state.classes, counts)
+    return loop.Result(state.classes, params, state.scores, averages, state.references, cutoffs, state.history)
 
 
 def align_reference_free(particles, settings=None, out_dir=None, resume=False, comm=None, log=print,
@@ -79,7 +96,7 @@ def align_reference_free(particles, settings=None, out_dir=None, resume=False, c
     ``inputs`` are ``(what, path)`` of input files besides the source's, never to be written over.
     """
     settings = settings or Settings(**options)
-    ctx = _context(particles, settings, comm, log)
+    ctx = _context(particles, settings, comm, log, out_dir)
 
     def initial_state():   # the average of the particles at their starting parameters
         params = _initial_params(ctx)
@@ -101,7 +118,7 @@ def align_multi_reference(particles, n_classes=None, references=None, settings=N
     ``overwrite`` and ``inputs`` as for :func:`align_reference_free`.
     """
     settings = settings or Settings(**options)
-    ctx = _context(particles, settings, comm, log)
+    ctx = _context(particles, settings, comm, log, out_dir)
     refs = _initial_references(ctx, n_classes, references)
     count = ctx.source.count
     state = loop.State(0, _initial_params(ctx), np.full(count, -1, np.int64), np.zeros(count), refs,
@@ -115,7 +132,7 @@ def align_multi_reference(particles, n_classes=None, references=None, settings=N
 
 
 def _initial_references(ctx, n_classes, references):
-    count, box = ctx.source.count, ctx.source.box
+    count, box = ctx.source.count, ctx.input_source.box
     if references is not None:
         refs = np.asarray(references, np.float32)
         if refs.ndim == 2:
@@ -125,6 +142,7 @@ def _initial_references(ctx, n_classes, references):
                              "particles' box size" % ("x".join(map(str, refs.shape[1:])), box, box))
         if not np.all(np.isfinite(refs)):
             raise InputError("the references contain NaN or infinite values: fix the reference stack")
+        refs = downsample.fourier_crop(refs, ctx.source.box)      # to the internal box, as the particles
         try:
             return imgops.normalise(refs, ctx.radius)
         except imgops.BlankImages as blank:

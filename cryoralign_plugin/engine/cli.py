@@ -20,7 +20,7 @@ from dataclasses import fields
 
 from .errors import InputError
 from .memory import PeakMemory
-from .settings import Settings
+from .settings import MAX_RESOLUTION, SHIFT_RANGE, SHIFT_STEP, Settings
 
 PROG = "cryoralign-engine"
 DEFAULTS = Settings()
@@ -90,14 +90,27 @@ def _common(parser):
     parser.add_argument("--out", required=True, help="output directory")
     g = parser.add_argument_group("search")
     g.add_argument("--radius", type=int, default=d.radius,
-                   help="outer ring in px (default: automatic, the largest that fits with the shift range)")
+                   help="outer ring in input px (default: automatic, --mask-diameter / 2, else the largest "
+                        "that fits with the shift range)")
+    g.add_argument("--mask-diameter", type=float, default=d.mask_diameter,
+                   help="particle mask diameter in A, instead of --radius (default: automatic, the largest "
+                        "that fits with the shift range)")
+    g.add_argument("--max-resolution", type=float, default=d.max_resolution,
+                   help="A: the particles are Fourier-cropped to the smallest box whose Nyquist reaches it "
+                        "and that holds the mask and the shifts, and searched there; outputs stay in input "
+                        "px (default: automatic, %g A as cryoSPARC's 2D classification, or the input's "
+                        "Nyquist if coarser; no cropping without a pixel size)" % MAX_RESOLUTION)
+    g.add_argument("--internal-box", type=int, default=d.internal_box,
+                   help="px, at least this internal box, instead of --max-resolution (e.g. for input "
+                        "without a pixel size; default: automatic, from --max-resolution)")
     g.add_argument("--first-ring", type=int, default=d.first_ring,
                    help="innermost ring in px (default: %(default)s)")
     g.add_argument("--ring-step", type=int, default=d.ring_step, help="px between rings (default: %(default)s)")
     g.add_argument("--shift-range", type=float, default=d.shift_range,
-                   help="px, searched each iteration (default: %(default)s)")
+                   help="input px, searched each iteration (default: automatic, %g internal px, i.e. %g "
+                        "times the downsampling factor in input px)" % (SHIFT_RANGE, SHIFT_RANGE))
     g.add_argument("--shift-step", type=float, default=d.shift_step,
-                   help="px, sub-pixel steps allowed (default: %(default)s)")
+                   help="input px, sub-pixel steps allowed (default: automatic, %g internal px)" % SHIFT_STEP)
     g.add_argument("--no-refine-shifts", dest="refine_shifts", action="store_false", default=d.refine_shifts,
                    help="keep the shifts on the search grid (default: refine each particle's shift and angle "
                         "off the grid, against its chosen reference)")
@@ -141,7 +154,8 @@ def _common(parser):
     g.add_argument("--overwrite", action="store_true",
                    help="replace the previous run in --out (removes only that run's files)")
     g.add_argument("--pixel-size", type=float, default=None,
-                   help="A/px for resolutions (default: automatic, the input's)")
+                   help="A/px of the input, for the options in A and the resolutions (default: automatic, "
+                        "the input's)")
 
 
 def build_parser():
@@ -163,10 +177,37 @@ def build_parser():
     mra.add_argument("--balanced-iterations", type=int, default=d.balanced_iterations,
                      help="equal-size assignment for this many first iterations (default: automatic, the "
                           "first 5, whatever --iterations is, so that extending a run keeps its schedule)")
+    g = mra.add_argument_group("mini-batch iterations (large sets)")
+    switch = g.add_mutually_exclusive_group()
+    switch.add_argument("--minibatch", dest="minibatch", action="store_const", const=True, default=d.minibatch,
+                        help="search growing random subsets in the first iterations (default: automatic, when "
+                             "the first subset is under half the particles and full passes follow)")
+    switch.add_argument("--no-minibatch", dest="minibatch", action="store_const", const=False,
+                        help="search every particle in every iteration")
+    g.add_argument("--minibatch-per-class", type=int, default=d.minibatch_per_class,
+                   help="particles per class in the first subset (default: %(default)s)")
+    g.add_argument("--minibatch-iterations", type=int, default=d.minibatch_iterations,
+                   help="iterations searching subsets, growing geometrically towards all particles; later "
+                        "ones search all (default: %(default)s)")
+    g = mra.add_argument_group("growing run (streaming)")
+    g.add_argument("--grow", action="store_true",
+                   help="the input extends the run in --out (its first particles are that run's): keep their "
+                        "classes, place the new ones, seed a class from those that fit none; starts the run "
+                        "if --out holds none (with --classes)")
+    g.add_argument("--last-batch", action="store_true",
+                   help="with --grow: the input is complete: then --final-iterations over all particles")
+    g.add_argument("--grow-iterations", type=int, default=d.grow_iterations,
+                   help="with --grow: iterations searching only the new particles (default: %(default)s)")
+    g.add_argument("--final-iterations", type=int, default=d.final_iterations,
+                   help="with --last-batch: iterations over all particles, the last batch's new ones "
+                        "included (default: %(default)s)")
+    g.add_argument("--new-class-members", type=int, default=d.new_class_members,
+                   help="with --grow: the fewest new particles fitting no class that seed a new class "
+                        "(default: automatic, max(10, new / (K + 1)))")
     info = sub.add_parser("info", help="versions, backends, GPUs and MPI size")
     info.add_argument("--box", type=int, default=0, help="with --classes and --shift-range: batch size")
     info.add_argument("--classes", type=int, default=1)
-    info.add_argument("--shift-range", type=float, default=d.shift_range)
+    info.add_argument("--shift-range", type=float, default=SHIFT_RANGE)
     return parser
 
 
@@ -198,8 +239,19 @@ def run(args, comm):
                                                               comm.size))
     common = dict(settings=settings, out_dir=args.out, resume=args.resume, overwrite=args.overwrite, comm=comm,
                   log=log, inputs=[("references file", args.references)] if getattr(args, "references", None) else [])
+    grow = getattr(args, "grow", False)
+    if grow and (args.references or args.resume or args.overwrite):
+        raise InputError("--grow starts from --classes and resumes by itself: leave out %s" % " and ".join(
+            f for f, on in (("--references", args.references), ("--continue", args.resume),
+                            ("--overwrite", args.overwrite)) if on))
+    if getattr(args, "last_batch", False) and not grow:
+        raise InputError("--last-batch ends a growing run: give --grow too")
     with PeakMemory() as memory:
-        if args.command == "rfa":
+        if grow:
+            from .grow import grow_multi_reference
+            grow_multi_reference(source, n_classes=args.classes, settings=settings, out_dir=args.out,
+                                 final=args.last_batch, comm=comm, log=log)
+        elif args.command == "rfa":
             align.align_reference_free(source, **common)
         elif args.references:
             align.align_multi_reference(source, references=read_stack(args.references), **common)

@@ -4,6 +4,7 @@ Arrays in, arrays out.  Images are ``(N, n, n)`` float32, indexed ``[i, y, x]``;
 pixel ``(n//2, n//2)`` as in SPARX.
 """
 import numpy as np
+import scipy.fft
 from numba import njit, prange
 
 from . import interpolation
@@ -200,13 +201,30 @@ def center_of_mass(image, radius):
     return float((density * x).sum() / total), float((density * y).sum() / total)
 
 
-def fourier_crop(images, box):
-    """``(N, n, n)`` images reduced to ``box`` px (even, <= n) by cropping their spectrum: no aliasing,
-    no interpolation; values keep their scale (the mean is preserved)."""
+def fourier_crop(images, box, workers=1):
+    """``(N, n, n)`` images Fourier-cropped to ``(N, box, box)`` float32 (``box <= n``).
+
+    The frequencies ``|k| < box / 2`` (cycles per image) are kept; the cropped box's Nyquist row and
+    column (even ``box``) are set to zero, since the input holds two frequencies (``+-box/2``) for
+    each of their coefficients.  The spectrum is scaled by ``(box / n)^2`` so that the cropped image
+    samples the same function: the pixel at ``box // 2`` is at the input's center pixel ``n // 2``
+    (a phase shift aligns the two centers where the parities differ).
+    """
+    images = np.asarray(images, np.float32)
     n = images.shape[-1]
     if box == n:
-        return np.asarray(images, np.float32)
-    spectrum = np.fft.rfft2(images)
-    half = box // 2
-    rows = np.concatenate([spectrum[:, :half], spectrum[:, n - half:]], axis=1)[:, :, :half + 1]
-    return (np.fft.irfft2(rows, s=(box, box)) * (box / n) ** 2).astype(np.float32)
+        return np.array(images, np.float32)
+    if not 0 < box < n:
+        raise ValueError("cannot Fourier-crop %d px images to %d px" % (n, box))
+    spectra = scipy.fft.rfft2(images, workers=workers)
+    rows = np.fft.fftfreq(box, 1.0 / box).astype(np.int64)        # 0..box/2-1, -box/2..-1
+    cropped = spectra[:, rows % n, :box // 2 + 1]
+    if box % 2 == 0:
+        cropped[:, box // 2, :] = 0
+        cropped[:, :, box // 2] = 0
+    shift = (n // 2) / n - (box // 2) / box                      # input center - output center, in boxes
+    if shift:
+        kx = np.arange(box // 2 + 1)
+        cropped *= np.exp(2j * np.pi * shift * (rows[:, None] + kx[None, :])).astype(np.complex64)
+    cropped *= np.float32((box / n) ** 2)
+    return scipy.fft.irfft2(cropped, s=(box, box), workers=workers).astype(np.float32, copy=False)

@@ -5,6 +5,8 @@ assign each particle its best reference -> re-seed starved classes -> average th
 their new parameters -> filtered references for the next iteration.  After each iteration the
 state is checkpointed (atomically) so ``resume`` continues from the last complete one.
 """
+import copy
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -12,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import images as imgops
-from . import criteria, ctf_correction, outputs, references, refine, search
+from . import criteria, ctf_correction, downsample, outputs, references, refine, search
 from .errors import InputError
-from .geometry import MIRROR, PSI, SX, SY, center_offsets, polar_grid, shift_grid
+from .geometry import MIRROR, PSI, SX, SY, center_offsets, shift_grid
 
 CHECKPOINTS_KEPT = 2
 PROGRESS_SECONDS = 10.0  # within an iteration, report progress at most this often
@@ -37,26 +39,66 @@ class Result:
 
 
 class Context:
-    """What every pass needs: the particles, this rank's share, the backend and the grid."""
+    """What every pass needs: the particles, this rank's share, the backend and the grid.
 
-    def __init__(self, source, settings, comm, backend, log):
-        self.source, self.settings, self.comm, self.backend, self.log = source, settings, comm, backend, log
+    The run works at the internal box (:func:`~.downsample.plan`): ``source`` gives the particles
+    Fourier-cropped there and ``settings`` holds radius and shifts in internal px; ``input_source``
+    and ``input_settings`` are as given, and :meth:`at_input_box` is the final pass's view of them.
+    ``cache_dir`` (the run's output folder) keeps the cropped particles (:class:`~.downsample.CroppedSource`).
+    """
+
+    def __init__(self, source, settings, comm, backend, log, cache_dir=None):
+        self.comm, self.backend, self.log = comm, backend, log
+        self.input_source, self.input_settings = source, settings
+        self.scale, self.grid = downsample.checked_plan(source.box, getattr(source, "pixel_size", None), settings)
+        if self.scale.crops:
+            source = downsample.CroppedSource(source, self.scale.internal_box, settings.threads, cache_dir)
+        if self.scale.pixel_size is not None or self.scale.crops:
+            log(self.scale.describe())
+        settings = self.scale.internal(settings)
+        self.source, self.settings = source, settings
         box = source.box
-        self.radius = settings.resolved_radius(box)
-        if settings.radius is not None and self.radius < 2:
-            raise InputError("a radius of %d px is too small: use a radius of at least 2 px, or leave it out "
-                             "(automatic: the largest that fits)" % self.radius)
-        if self.radius < 2:
-            raise InputError("the %d px box is too small for a shift range of %g px: use a smaller shift "
-                             "range or larger images" % (box, settings.shift_range))
-        self.grid = polar_grid(self.radius, settings.first_ring, settings.ring_step)
-        search.check_geometry(box, self.grid, settings.shift_range)
+        self.radius = self.scale.radius
         search.check_search_size(1, self.grid, settings.shift_range, settings.shift_step)  # before allocating
         self.shifts = shift_grid(settings.shift_range, settings.shift_step)
         self.offset_limit = search.offset_limit(box, self.grid)
+        self.active = None   # every particle (see :meth:`subset`)
         self.local = np.arange(source.count)[comm.local_slice(source.count)]
+        self.share = comm.local_slice(source.count)   # this rank's rows of an allgathered array
         self.correction = ctf_correction.resolve(settings, source)
         log(self.correction.describe())
+
+    def subset(self, active):
+        """This context over the particles ``active`` only (sorted global indices; None: all), split
+        over the ranks in blocks as all of them are, so that gathered arrays are in ``active`` order."""
+        if active is None:
+            return self
+        part = copy.copy(self)
+        part.active = np.asarray(active, np.int64)
+        part.share = self.comm.local_slice(len(part.active))
+        part.local = part.active[part.share]
+        return part
+
+    def gather(self, full, local):
+        """``full`` (a per-particle array in input order) with this subset's rows replaced by the
+        ranks' ``local`` values."""
+        gathered = self.comm.allgather(local)
+        if self.active is None:
+            return gathered
+        out = np.array(full, dtype=gathered.dtype)
+        out[self.active] = gathered
+        return out
+
+    def at_input_box(self):
+        """This context at the input box (the final averages): the input particles, the mask radius
+        in input px, their CTF correction, and batches of about the same bytes as the run's."""
+        full = copy.copy(self)
+        factor = self.scale.factor
+        full.source, full.radius = self.input_source, self.radius * factor
+        full.settings = dataclasses.replace(self.settings, radius=None, shift_range=None, shift_step=None,
+                                            batch_size=max(1, int(self.settings.batch_size / factor ** 2)))
+        full.correction = ctf_correction.resolve(self.input_settings, self.input_source)
+        return full
 
     def batches(self):
         size = max(1, int(self.settings.batch_size))
@@ -106,13 +148,14 @@ def search_pass(ctx, refs, params):
 
 
 def choose(ctx, cand, n_classes, balanced):
-    """The chosen candidate (column) of each local particle: its best, or with ``balanced`` the
-    equal-size assignment over every rank's candidates (``(N, C)`` gathered, C independent of K)."""
+    """The chosen candidate (column) of each particle ``ctx`` searched on this rank: its best, or with
+    ``balanced`` the equal-size assignment over every rank's candidates (``(N, C)`` gathered, C
+    independent of K)."""
     if not balanced:
         return np.zeros(len(cand.score), np.int64)   # candidates are best first; ties: the lower class
     slot = references.balanced_assignment(ctx.comm.allgather(cand.reference), ctx.comm.allgather(cand.score),
                                           n_classes)
-    return slot[ctx.local]
+    return slot[ctx.share]
 
 
 def average_pass(ctx, params, classes, n_classes):
@@ -124,30 +167,53 @@ def average_pass(ctx, params, classes, n_classes):
     return ctx.comm.allreduce(sums)
 
 
-def class_references(ctx, params, classes, counts, max_cutoff=references.MAX_CUTOFF):
+def class_references(ctx, params, classes, counts, max_cutoff=references.MAX_CUTOFF, sums=None):
     """References, cutoffs and averages of the particles with their new parameters and classes:
     Wiener-filtered CTF-weighted averages with CTF correction wiener (:mod:`.ctf_correction`),
-    else averages of the particles as the search sees them."""
+    else averages of the particles as the search sees them (from ``sums``, their class sums, if known)."""
     n_classes = len(counts)
     if ctx.correction.mode == "wiener":
         averages, curves = ctf_correction.wiener_averages(
             *ctf_correction.wiener_pass(ctx, params, classes, n_classes), counts)
         return references.finish(averages, curves, ctx.radius, ctx.settings.center, max_cutoff)
-    sums = average_pass(ctx, params, classes, n_classes)
+    if sums is None:
+        sums = average_pass(ctx, params, classes, n_classes)
     return references.build(sums, counts, ctx.radius, ctx.settings.center, max_cutoff)
+
+
+def _class_sums(members, part, state, params, classes, events):
+    """With a ``subsets`` hook, the class sums of the particles with a class (``members``), kept in the
+    state: the previous ones updated with the change of the particles searched (``part``; exact, in
+    fixed point) when only some were and no class was re-seeded, else a pass over the members.  None
+    with Wiener averages (their sums are not kept)."""
+    n_classes = len(state.references)
+    if members.correction.mode == "wiener":
+        return None
+    subset = part.active
+    if subset is None or state.sums is None or events or len(state.sums) != n_classes:
+        return average_pass(members, params, classes, n_classes)
+    before = subset[state.classes[subset] >= 0]   # searched particles that were in a class: theirs come out
+    count = members.source.count if members.active is None else len(members.active)
+    if len(subset) + len(before) >= count:   # then a pass over the members reads fewer
+        return average_pass(members, params, classes, n_classes)
+    return (state.sums + average_pass(part, params, classes, n_classes)
+            - average_pass(part.subset(before), state.params, state.classes, n_classes))
 
 
 def _angle_change(new, old):
     return np.abs((new[:, PSI] - old[:, PSI] + 180.0) % 360.0 - 180.0)
 
 
-def _summary(ctx, state, new_params, new_classes, new_scores, seconds):
-    """One history row; ``changed`` is what auto-stop watches (classes for K > 1, else parameters)."""
+def _summary(ctx, state, new_params, new_classes, new_scores, seconds, searched=slice(None)):
+    """One history row over the particles ``searched`` (indices or a slice); ``changed`` is what
+    auto-stop watches (classes for K > 1, else parameters)."""
     n_classes = len(state.references)
-    angle = _angle_change(new_params, state.params)
-    shift = np.hypot(*(new_params[:, [SX, SY]] - state.params[:, [SX, SY]]).T)
-    mirrored = new_params[:, MIRROR] != state.params[:, MIRROR]
-    class_changed = new_classes != state.classes
+    new_params, new_classes, new_scores = new_params[searched], new_classes[searched], new_scores[searched]
+    old_params, old_classes = state.params[searched], state.classes[searched]
+    angle = _angle_change(new_params, old_params)
+    shift = np.hypot(*(new_params[:, [SX, SY]] - old_params[:, [SX, SY]]).T)
+    mirrored = new_params[:, MIRROR] != old_params[:, MIRROR]
+    class_changed = new_classes != old_classes
     moved = mirrored | (angle > 360.0 / ctx.grid.maxrin) | (shift > ctx.settings.shift_step)
     changed = class_changed if n_classes > 1 else moved
     count = len(new_classes)
@@ -173,56 +239,74 @@ class State:
     cutoffs: np.ndarray
     averages: np.ndarray
     history: list
+    sums: np.ndarray = None   # class sums (fixed point), kept when iterate has a subsets hook
 
 
-def iterate(ctx, state, reseed, out_dir=None):
-    """Run iterations ``state.iteration + 1 ..`` up to the limit (or auto-stop); return the state."""
+def iterate(ctx, state, reseed, out_dir=None, subsets=None):
+    """Run iterations ``state.iteration + 1 ..`` up to the limit (or auto-stop); return the state.
+
+    ``subsets(iteration)``, if given, returns the sorted global indices of the particles to search in
+    that iteration, or None for all (:mod:`.minibatch`'s schedule, :mod:`.grow`'s new particles).  The
+    others keep their class and parameters; the averages take every particle with a class.  With the
+    hook the state keeps the class sums, so an iteration searching a subset updates them with that
+    subset's change instead of averaging every particle again.  The history row's ``searched`` says
+    how many were searched; auto-stop is judged only on iterations that search every particle.
+    """
     settings, comm = ctx.settings, ctx.comm
     n_classes = len(state.references)
-    min_members = settings.resolved_min_members(ctx.source.count, n_classes)
     balanced = settings.resolved_balanced_iterations()
     for iteration in range(state.iteration + 1, settings.iterations + 1):
         start = time.perf_counter()
-        cand = search_pass(ctx, state.references, state.params)
-        slot = choose(ctx, cand, n_classes, reseed and n_classes > 1 and iteration <= balanced)
+        subset = subsets(iteration) if subsets is not None else None
+        part = ctx.subset(subset)   # the particles this iteration searches
+        cand = search_pass(part, state.references, state.params)
+        slot = choose(part, cand, n_classes, reseed and n_classes > 1 and iteration <= balanced)
         rows = np.arange(len(slot))
         choice = cand.reference[rows, slot]
         local = search.candidate_params(cand, slot, ctx.shifts, ctx.grid)
         local_scores = cand.score[rows, slot].astype(np.float64)
         if settings.refine_shifts:
-            local, local_scores = refine.refine_pass(ctx, state.references, cand, slot, local, local_scores)
-        params = comm.allgather(local)
-        scores = comm.allgather(local_scores)
-        classes = comm.allgather(choice.astype(np.int64))
+            local, local_scores = refine.refine_pass(part, state.references, cand, slot, local, local_scores)
+        params = part.gather(state.params, local)
+        scores = part.gather(state.scores, local_scores)
+        classes = part.gather(state.classes, choice.astype(np.int64))
         margins = comm.allgather(criteria.margins(cand.score))
+        searched = slice(None) if subset is None else subset
+        assigned = classes >= 0
         events = []
         if reseed and n_classes > 1:
+            min_members = settings.resolved_min_members(int(assigned.sum()), n_classes)
             classes, events = references.reseed_starved(classes, scores, n_classes, min_members)
         parity = np.arange(len(classes)) % 2
         counts = references.class_counts(classes, parity, n_classes)
         cap = references.cutoff_cap(iteration) if n_classes > 1 else references.MAX_CUTOFF
-        refs, cutoffs, averages = class_references(ctx, params, classes, counts, cap)
-        row = {"iteration": iteration}
-        row.update(_summary(ctx, state, params, classes, scores, time.perf_counter() - start))
+        members = ctx.subset(None if assigned.all() else np.flatnonzero(assigned))
+        sums = None if subsets is None else _class_sums(members, part, state, params, classes, events)
+        refs, cutoffs, averages = class_references(members, params, classes, counts, cap, sums)
+        row = {"iteration": iteration, "searched": len(margins)}
+        row.update(_summary(ctx, state, params, classes, scores, time.perf_counter() - start, searched))
         row["class_sizes"] = counts.sum(axis=1).tolist()
         row["resolution_px"] = (1.0 / cutoffs).tolist()
         row["reseeded"] = events
-        row.update(criteria.class_criteria(classes, scores, margins, n_classes))
-        state = State(iteration, params, classes, scores, refs, cutoffs, averages, state.history + [row])
+        row.update(criteria.class_criteria(classes[searched], scores[searched], margins, n_classes))
+        state = State(iteration, params, classes, scores, refs, cutoffs, averages, state.history + [row], sums)
         if out_dir is not None and comm.rank == 0:
             save(out_dir, state)
-        ctx.log(progress_line(row, settings.iterations))
-        if settings.auto_stop and row["changed"] < settings.stop_fraction:
+        ctx.log(progress_line(row, settings.iterations, ctx.source.count))
+        if settings.auto_stop and part.active is None and row["changed"] < settings.stop_fraction:
             ctx.log("converged: %.2f%% of the particles changed (< %.2f%%)"
                     % (100 * row["changed"], 100 * settings.stop_fraction))
             break
     return state
 
 
-def progress_line(row, iterations):
-    text = ("iteration %d/%d: %.0f particles/s, mean score %.4f, class changes %.1f%%, "
+def progress_line(row, iterations, count=None):
+    """The log line of a history row; a mini-batch iteration says how many of the ``count`` particles
+    it searched."""
+    batch = "" if count is None or row["searched"] == count else " (searched %d of %d)" % (row["searched"], count)
+    text = ("iteration %d/%d%s: %.0f particles/s, mean score %.4f, class changes %.1f%%, "
             "angle change %.2f deg, shift change %.2f px, %.1f s"
-            % (row["iteration"], iterations, row["particles_per_second"], row["mean_score"],
+            % (row["iteration"], iterations, batch, row["particles_per_second"], row["mean_score"],
                100 * row["class_changes"], row["mean_angle_change"], row["mean_shift_change"], row["seconds"]))
     for event in row["reseeded"]:
         text += "\n  re-seeded class %(class)d with %(members)d particles of class %(from_class)d" % event
@@ -233,6 +317,8 @@ def save(out_dir, state):
     """Checkpoint ``iter_NNN`` atomically and drop older ones beyond the last few."""
     arrays = {"params": state.params, "classes": state.classes, "scores": state.scores,
               "references": state.references, "cutoffs": state.cutoffs, "averages": state.averages}
+    if state.sums is not None:
+        arrays["sums"] = state.sums
     outputs.save_checkpoint(out_dir, state.iteration, arrays, {"history": state.history})
     old = state.iteration - CHECKPOINTS_KEPT
     if old >= 0:
@@ -251,6 +337,11 @@ def restore(out_dir, count, box, n_classes):
                          "this run has %d particles, %d classes of %d px): use a new output directory or "
                          "the same input" % (out_dir, len(arrays["params"]), len(arrays["references"]),
                                              arrays["references"].shape[-1], count, n_classes, box))
+    return state_of(iteration, arrays, meta)
+
+
+def state_of(iteration, arrays, meta):
+    """The :class:`State` of a checkpoint's ``(iteration, arrays, meta)``."""
     return State(iteration, arrays["params"], arrays["classes"], arrays["scores"], arrays["references"],
-                 arrays["cutoffs"], arrays["averages"], meta["history"])
+                 arrays["cutoffs"], arrays["averages"], meta["history"], arrays.get("sums"))
 

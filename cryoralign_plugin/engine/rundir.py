@@ -62,8 +62,14 @@ MANIFEST_FORMAT = 1
 PROGRAM = "cryoralign-engine"
 # Settings that cannot change the result: free to differ on --continue, so not in the manifest.
 FREE_SETTINGS = ("iterations", "auto_stop", "stop_fraction", "backend", "gpu", "threads", "batch_size")
-# Settings that only multireference alignment uses (seed: only to draw the initial references).
+# Settings that only multireference alignment uses.
 MRA_SETTINGS = ("min_members", "balanced_iterations")
+# Settings that only a growing run (mra --grow, :mod:`.grow`) uses.
+GROW_SETTINGS = ("grow_iterations", "final_iterations", "new_class_members")
+# What differs between the batches of a growing run: its input grows (whose prefix :mod:`.grow` checks),
+# the record of its batches, and the automatic minimum class size, which follows the particle count.
+GROWING_FIELDS = ("input", "growth")
+GROWING_SETTINGS = ("min_members",)
 SAMPLED_IMAGES = 3   # images hashed at each end and in the middle of the input
 SHOWN_DIGEST = 12    # hex digits of a digest shown in messages
 
@@ -140,8 +146,11 @@ def fingerprint(source, use_prior):
     return found
 
 
-def manifest(command, settings, source, radius, n_classes, start):
+def manifest(command, settings, source, radius, n_classes, start, internal_box=None, grow=False):
     """The manifest of a run (a JSON-ready dict).
+
+    ``source`` is the input as given; ``settings``, ``radius`` and ``internal_box`` (default: the
+    input box) are those the run works with (:func:`~.downsample.plan`), its checkpoints being there.
 
     ``start`` says how the references start: ``{"classes": K, "seed": S}`` (random particles) or
     ``{"references": array}`` (given; stored as its digest); ``{}`` for reference-free alignment.
@@ -150,10 +159,13 @@ def manifest(command, settings, source, radius, n_classes, start):
     chosen = {}
     for f in dataclasses.fields(settings):
         name = f.name
-        if name in FREE_SETTINGS or name == "seed" or (command != "mra" and name in MRA_SETTINGS):
+        # the seed draws random initial references (then in ``start``) and the mini-batch subsets
+        if name in FREE_SETTINGS or (name == "seed" and "seed" in start) or \
+                (command != "mra" and name in MRA_SETTINGS) or (not grow and name in GROW_SETTINGS):
             continue
         chosen[name] = getattr(settings, name)
     chosen["radius"] = int(radius)
+    chosen["internal_box"] = int(source.box if internal_box is None else internal_box)
     chosen["ctf"] = ctf_correction.resolve_mode(settings.ctf, getattr(source, "ctf", None) is not None)[0]
     if command == "mra":
         chosen["min_members"] = int(settings.resolved_min_members(source.count, n_classes))
@@ -205,6 +217,13 @@ def _show(value):
 
 
 _MISSING = object()
+
+
+def _comparable(m):
+    """A growing run's manifest without what may change from one batch to the next."""
+    kept = {k: v for k, v in m.items() if k not in GROWING_FIELDS}
+    kept["settings"] = {k: v for k, v in m.get("settings", {}).items() if k not in GROWING_SETTINGS}
+    return kept
 
 
 def differences(old, new):
@@ -416,8 +435,11 @@ def survey(out):
 FRESH, OVERWRITE, RESUME = "fresh", "overwrite", "resume"
 
 
-def _decide(out, found, new, resume, overwrite):
-    """FRESH, OVERWRITE or RESUME for a folder as surveyed; InputError (writing nothing) if refused."""
+def _decide(out, found, new, resume, overwrite, grow=False):
+    """FRESH, OVERWRITE or RESUME for a folder as surveyed; InputError (writing nothing) if refused.
+
+    With ``grow`` (resume set too) the run there resumes with a grown input: its manifest is compared
+    without :data:`GROWING_FIELDS`."""
     if resume and overwrite:
         raise InputError("--continue and --overwrite contradict each other: --continue resumes the run in %s, "
                          "--overwrite replaces it; give one of them" % out)
@@ -440,7 +462,11 @@ def _decide(out, found, new, resume, overwrite):
         raise InputError("the manifest %s is damaged, so the run in %s cannot be checked against this one: "
                          "use --overwrite to start it again, or another --out"
                          % (os.path.join(out, outputs.MANIFEST_JSON), out))
-    changed = differences(found.manifest, new)
+    if grow and "growth" not in found.manifest:
+        raise InputError("%s holds a run that was not started with --grow, which cannot grow: start a "
+                         "growing run in another --out" % out)
+    changed = differences(_comparable(found.manifest), _comparable(new)) if grow \
+        else differences(found.manifest, new)
     if changed:
         raise InputError("%s belongs to another run (%s): run with that run's input and settings, or start a "
                          "new run (--overwrite, or another --out)" % (out, "; ".join(changed)))
@@ -459,24 +485,25 @@ class Claim:
             self.lock = None
 
 
-def claim(out_dir, new, resume=False, overwrite=False, iterations=None, inputs=(), log=None):
+def claim(out_dir, new, resume=False, overwrite=False, iterations=None, inputs=(), log=None, grow=False):
     """Claim ``out_dir`` for the run described by manifest ``new``; a :class:`Claim` (keep it until done).
 
     See the module documentation for the rules.  ``iterations`` (the total asked for) is checked
-    against the iterations done when resuming.  Every refusal is an InputError raised before anything
-    is written into the folder.
+    against the iterations done when resuming.  ``grow``: resume the run there with a grown input
+    (``new`` replaces its manifest).  Every refusal is an InputError raised before anything is written
+    into the folder.
     """
     out = check_out(out_dir, inputs)
     found = survey(out)
     lock = RunLock.take(out, create=False) if found.lock else None   # in use? (writes nothing)
     try:
-        _decide(out, found, new, resume, overwrite)                  # a dry run: refuse before writing
+        _decide(out, found, new, resume, overwrite, grow)            # a dry run: refuse before writing
         if lock is None:
             if not found.exists:
                 check_output_dir(out)
             lock = RunLock.take(out, create=True)
         found = survey(out)                                           # again, under the lock
-        action = _decide(out, found, new, resume, overwrite)
+        action = _decide(out, found, new, resume, overwrite, grow)
         done = 0
         if action == RESUME:
             last = outputs.last_checkpoint(out)
@@ -496,7 +523,7 @@ def claim(out_dir, new, resume=False, overwrite=False, iterations=None, inputs=(
         remove_owned(out)
     elif action == RESUME and done < (iterations or 0):
         _remove(os.path.join(out, outputs.PARTICLES_STAR))   # results again only once they are complete
-    if action != RESUME:
+    if action != RESUME or grow:
         write_json(os.path.join(out, outputs.MANIFEST_JSON), new)
     if resume and done == 0 and log is not None:
         log("nothing to continue in %s: starting from the first iteration" % out)

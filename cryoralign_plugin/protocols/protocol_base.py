@@ -19,10 +19,11 @@ from .. import convert
 from ..constants import (CHECKPOINT_GLOB, CTF_AUTO, CTF_CHOICES, CTF_ENGINE_MODES, CTF_FLIP,
                          CTF_NONE, CTF_WIENER, ENGINE_DIR, INPUT_DIR, INPUT_STAR)
 from ..engine import outputs, rundir
-from ..engine.geometry import largest_radius, sampling_limit
-from ..engine.settings import Settings
+from ..engine.downsample import checked_plan
+from ..engine.errors import InputError
+from ..engine.settings import MAX_RESOLUTION, SHIFT_RANGE, SHIFT_STEP, Settings
 
-# Box size above which the engine gets slow and memory-hungry for no resolution gain in 2D.
+# Internal box above which the engine gets slow and memory-hungry for no resolution gain in 2D.
 LARGE_BOX = 256
 
 # The engine's defaults, which the form's defaults are.  Where the engine's is automatic (None), the
@@ -49,6 +50,7 @@ class CryoralignProtBase:
     """Shared by CryoralignProtAlign2D (RFA) and CryoralignProtClassify2D (MRA)."""
     _engineCommand = None  # 'rfa' or 'mra'
     _averagesName = 'class averages'   # what the engine's averages are, in messages
+    _engineFreshFlag = '--overwrite'   # how a new run treats what an earlier execution left
 
     # --------------------------- DEFINE param functions ----------------------------------------
     def _defineParams(self, form):
@@ -79,19 +81,32 @@ class CryoralignProtBase:
         form.addParam('doAutoStop', params.BooleanParam, default=DEFAULTS.auto_stop,
                       label='Stop when converged?',
                       help='Stop before the last iteration once the averages stop improving.')
-        form.addParam('radius', params.IntParam, default=AUTOMATIC, condition='not doContinue',
-                      label='Particle radius (px)',
-                      help='Outer radius of the polar rings. -1 (automatic) takes the largest '
-                           'radius for which rings plus shift search stay inside the box.')
-        form.addParam('maximumShift', params.FloatParam, default=DEFAULTS.shift_range,
-                      condition='not doContinue',
-                      validators=[params.GE(0)], label='Shift search range (px)',
-                      help='Translations from -range to +range are tried in each iteration.')
-        form.addParam('shiftStep', params.FloatParam, default=DEFAULTS.shift_step,
+        form.addParam('maskDiameterA', params.FloatParam, default=AUTOMATIC, condition='not doContinue',
+                      label='Particle mask diameter (Å)',
+                      help='Diameter of the circular mask, which is also the outer ring of the polar '
+                           'grid. -1 (automatic) takes the largest mask for which the rings plus the '
+                           'shift search stay inside the box.')
+        form.addParam('maxResolution', params.FloatParam, default=AUTOMATIC, condition='not doContinue',
+                      label='Maximum resolution (Å)',
+                      help='The particles are Fourier-cropped (not interpolated) to the smallest box '
+                           'whose Nyquist frequency reaches this resolution and that holds the mask '
+                           'and the shift search, and aligned there; the outputs (shifts, class '
+                           'averages) stay at the input box and pixel size, the averages computed from '
+                           'the original particles. -1 (automatic): %g Å, as cryoSPARC\'s 2D '
+                           'classification, or the input\'s Nyquist limit (2 x pixel size) if coarser.'
+                           % MAX_RESOLUTION)
+        form.addParam('maximumShift', params.FloatParam, default=AUTOMATIC,
+                      condition='not doContinue', label='Shift search range (px)',
+                      help='Translations from -range to +range (input px) are tried in each '
+                           'iteration. -1 (automatic): %g px of the internal box (see Maximum '
+                           'resolution), i.e. %g times the downsampling factor in input px.'
+                           % (SHIFT_RANGE, SHIFT_RANGE))
+        form.addParam('shiftStep', params.FloatParam, default=AUTOMATIC,
                       condition='not doContinue',
                       expertLevel=params.LEVEL_ADVANCED, label='Shift step (px)',
-                      help='Spacing of the trial shifts; sub-pixel steps are honoured. The '
-                           'cost grows with (2 range / step + 1)^2.')
+                      help='Spacing of the trial shifts (input px); sub-pixel steps are honoured. '
+                           'The cost grows with (2 range / step + 1)^2. -1 (automatic): %g px of '
+                           'the internal box.' % SHIFT_STEP)
         form.addParam('firstRing', params.IntParam, default=DEFAULTS.first_ring,
                       condition='not doContinue',
                       validators=[params.Positive], expertLevel=params.LEVEL_ADVANCED,
@@ -242,16 +257,12 @@ class CryoralignProtBase:
         if xdim != ydim:
             errors.append('The particles are %d x %d px: the engine needs square images. Extract '
                           'or resize them to a square box.' % (xdim, ydim))
-        shift, radius = src.maximumShift.get(), self._getRadius()
-        limit = sampling_limit(xdim)
-        if radius + shift > limit:
-            errors.append('Particle radius %d px + shift range %g px does not fit in the %d px box '
-                          '(at most %d px): use a radius <= %d px or a smaller shift range.'
-                          % (radius, shift, xdim, limit, largest_radius(xdim, shift)))
-        if radius < src.firstRing.get():
-            errors.append('The first ring (%d px) is beyond the particle radius (%d px): lower the '
-                          'first ring or enlarge the radius.' % (src.firstRing.get(), radius))
-        if src.shiftStep.get() <= 0 or (shift > 0 and src.shiftStep.get() > shift):
+        try:     # the engine's own checks of the mask, the shifts and the resolution
+            self._getScale()
+        except InputError as exc:
+            errors.append(str(exc))
+        shift, step = src.maximumShift.get(), src.shiftStep.get()
+        if step != AUTOMATIC and (step <= 0 or (shift > 0 and step > shift)):
             errors.append('The shift step must be > 0 and not larger than the shift range (%g px).'
                           % shift)
         if src.usePriorAlignment and parts.getAlignment() != ALIGN_2D:
@@ -323,12 +334,14 @@ class CryoralignProtBase:
         if parts is None or parts.getDim() is None:
             return []
         warnings = []
-        box, n = parts.getXDim(), parts.getSize()
-        if box > LARGE_BOX:
-            warnings.append('The particles are %d px: alignment time grows with the box size and '
-                            '2D classes rarely need more than ~128 px. Consider downsampling; the '
-                            'particles alone take %.1f GB (N x box^2 x 4 bytes).'
-                            % (box, n * box * box * 4 / 1024 ** 3))
+        try:
+            internal = self._getScale().internal_box
+        except InputError:       # _validate reports it
+            internal = 0
+        if internal > LARGE_BOX:
+            warnings.append('The particles are aligned at an internal box of %d px: alignment time grows '
+                            'with it and 2D classes rarely need more than ~128 px. Consider a coarser '
+                            'Maximum resolution (Å).' % internal)
         if self.usesGpu() and not self.useQueue() and not cudaAvailable():
             warnings.append('No usable CUDA GPU was found here: the run will use the CPU. Set '
                             '"Use GPU" to No to silence this, or check the NVIDIA driver.')
@@ -358,12 +371,14 @@ class CryoralignProtBase:
     def _methods(self):
         if not self.hasAttribute(self._mainOutput()):
             return []
-        src = self._getSourceRun()
+        src, scale = self._getSourceRun(), self._getScale()
+        at = ('' if not scale.crops else ', at an internal box of %d px (%.3g Å/px, Fourier-cropped from '
+              '%d px; averages at the input box)' % (scale.internal_box, scale.internal_pixel_size, scale.box))
         return ['%s with cryoralign [Chung2020], which resamples images to polar coordinates as '
-                'SPARX does [Hohn2007] [Tang2007]: rings %d-%d px in steps of %d, a shift search of '
-                '+-%g px in %g px steps, %s and %d iterations.'
-                % (self._methodsSentence(), src.firstRing.get(), self._getRadius(),
-                   src.ringStep.get(), src.maximumShift.get(), src.shiftStep.get(),
+                'SPARX does [Hohn2007] [Tang2007]: rings %d-%d px in steps of %d%s, a shift search of '
+                '+-%g px in %g px steps (internal px), %s and %d iterations.'
+                % (self._methodsSentence(), src.firstRing.get(), scale.radius, src.ringStep.get(), at,
+                   scale.shift_range, scale.shift_step,
                    'with mirrors' if src.doMirror else 'without mirrors',
                    len(self._readHistory()) or self.numberOfIterations.get())
                 + self._ctfMethods()]
@@ -431,20 +446,44 @@ class CryoralignProtBase:
     def _getEnginePath(self, *paths):
         return self._getExtraPath(ENGINE_DIR, *paths)
 
-    def _getRadius(self):
+    def _engineSettings(self):
+        """The engine's Settings of the form's mask, resolution and shift options (-1: automatic)."""
         src = self._getSourceRun()
-        if src.radius.get() > 0:
-            return src.radius.get()
-        return largest_radius(self._getInputParticles().getXDim(), src.maximumShift.get())
+        given = lambda value: None if value == AUTOMATIC else value      # others: the engine checks them
+        return Settings(mask_diameter=given(src.maskDiameterA.get()), max_resolution=given(src.maxResolution.get()),
+                        shift_range=given(src.maximumShift.get()), shift_step=given(src.shiftStep.get()),
+                        first_ring=src.firstRing.get(), ring_step=src.ringStep.get())
+
+    def _getScale(self):
+        """The engine's internal box and options in its pixels (:func:`engine.downsample.checked_plan`);
+        InputError with the engine's message for options that cannot work."""
+        parts = self._getInputParticles()
+        settings = self._engineSettings()
+        settings.check()
+        return checked_plan(parts.getXDim(), parts.getSamplingRate(), settings)[0]
+
+    def _getRadius(self):
+        """The mask radius in input px."""
+        scale = self._getScale()
+        return int(scale.radius * scale.factor)
+
+    def _engineValueArgs(self):
+        """``--mask-diameter``, ``--max-resolution``, ``--shift-range`` and ``--shift-step`` where given."""
+        settings, args = self._engineSettings(), []
+        for flag, value in (('--mask-diameter', settings.mask_diameter),
+                            ('--max-resolution', settings.max_resolution),
+                            ('--shift-range', settings.shift_range), ('--shift-step', settings.shift_step)):
+            if value is not None:
+                args += [flag, value]
+        return args
 
     def _getEngineArgs(self):
         """The engine command line (a string; %(GPU)s is filled in by Scipion)."""
         src = self._getSourceRun()
         args = [self._engineCommand,
                 '--particles', self._getInputPath(INPUT_STAR), '--out', self._getEnginePath(),
-                '--radius', self._getRadius(), '--first-ring', src.firstRing.get(),
-                '--ring-step', src.ringStep.get(), '--shift-range', src.maximumShift.get(),
-                '--shift-step', src.shiftStep.get(), '--iterations', self.numberOfIterations.get(),
+                '--first-ring', src.firstRing.get(), '--ring-step', src.ringStep.get()] + \
+            self._engineValueArgs() + ['--iterations', self.numberOfIterations.get(),
                 '--threads', max(1, self.numberOfThreads.get()),
                 '--batch-size', self.batchSize.get()]
         # The engine folder is this run's own: a new run replaces what an earlier execution of this
@@ -452,7 +491,7 @@ class CryoralignProtBase:
         flags = [(not src.doMirror, '--no-mirror'), (src.doCenter, '--center'),
                  (self.doAutoStop, '--auto-stop'),
                  (src.usePriorAlignment, '--use-prior'), (self.doContinue, '--continue'),
-                 (not self.doContinue, '--overwrite')]
+                 (not self.doContinue, self._engineFreshFlag)]
         args += [flag for on, flag in flags if on]
         args += self._getCtfArgs(src)
         args += self._getMethodArgs(src)

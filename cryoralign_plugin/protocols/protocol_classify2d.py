@@ -53,6 +53,33 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
                       help='Seeds the choice of random initial references; the same seed and input '
                            'give the same classes.')
 
+        self._defineMiniBatchParams(form)
+
+    # --- mini-batch iterations (engine/minibatch.py): one block, form and flags ---
+    MINIBATCH_CHOICES = ['Automatic', 'Yes', 'No']   # the engine's None (no flag), --minibatch, --no-minibatch
+
+    def _defineMiniBatchParams(self, form):
+        form.addParam('miniBatch', params.EnumParam, choices=self.MINIBATCH_CHOICES, default=0,
+                      display=params.EnumParam.DISPLAY_HLIST, condition='not doContinue',
+                      expertLevel=params.LEVEL_ADVANCED, label='Mini-batch iterations?',
+                      help='As cryoSPARC\'s online EM: the first iterations search growing random subsets '
+                           'of the particles (the others keep their class), later ones every particle. '
+                           'Automatic: on when the first subset (particles per class x classes) is under '
+                           'half of the particles and the iterations leave full passes after them.')
+        form.addParam('miniBatchPerClass', params.IntParam, default=DEFAULTS.minibatch_per_class,
+                      condition='not doContinue and miniBatch != 2', validators=[params.Positive],
+                      expertLevel=params.LEVEL_ADVANCED, label='Particles per class in the first subset')
+        form.addParam('miniBatchIterations', params.IntParam, default=DEFAULTS.minibatch_iterations,
+                      condition='not doContinue and miniBatch != 2', validators=[params.GE(0)],
+                      expertLevel=params.LEVEL_ADVANCED, label='Mini-batch iterations',
+                      help='Iterations searching subsets, growing towards all particles; the number of '
+                           'iterations must be larger.')
+
+    def _getMiniBatchArgs(self, src):
+        switch = {1: ['--minibatch'], 2: ['--no-minibatch']}.get(src.miniBatch.get(), [])
+        return switch + ['--minibatch-per-class', src.miniBatchPerClass.get(),
+                         '--minibatch-iterations', src.miniBatchIterations.get()]
+
     def _convertReferences(self, src):
         if src.useReferences:
             n = convert.writeReferences(src.inputReferences.get(), self._getInputPath(REFERENCES_STACK))
@@ -65,7 +92,7 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
             args = ['--classes', src.numberOfClasses.get(), '--seed', src.seed.get()]
         if src.minMembers.get() >= 0:  # else automatic: left to the engine
             args += ['--min-members', src.minMembers.get()]
-        return args
+        return args + self._getMiniBatchArgs(src)
 
     def _validateInput(self, src, parts):
         n = parts.getSize()

@@ -179,8 +179,26 @@ class TestForms(BaseTest):
         self.assertEqual(self.newProtocol(CryoralignProtAlign2D, useGpu=False,
                                           inputParticles=self.imp.outputParticles).validate(), [])
 
-    def test_radiusAndShiftMustFitTheBox(self):
-        self.assertError(self.newClassify(radius=21, maximumShift=3), "use a radius <= 19 px")
+    def test_maskAndResolutionInAngstrom(self):
+        # the engine's own one-line messages (48 px at 2 A/px: a 96 A box, Nyquist 4 A)
+        self.assertError(self.newClassify(maskDiameterA=100), "--mask-diameter 100 A is larger than the box "
+                         "(48 px at 2 A/px = 96 A): give a diameter <= 96 A")
+        self.assertError(self.newClassify(maxResolution=3), "--max-resolution 3 A is finer than the input's "
+                         "Nyquist limit (2 x 2 A/px = 4 A): give --max-resolution >= 4 A")
+        self.assertError(self.newClassify(maxResolution=40), "--max-resolution 40 A is too coarse for the mask")
+        self.assertError(self.newClassify(maskDiameterA=90, maximumShift=6, maxResolution=4),
+                         "reaches outside the 48 px box")
+        self.assertEqual(self.newClassify(numberOfClasses=3, maskDiameterA=70, maxResolution=8).validate(), [])
+
+    def test_pixelValuedParametersSaySo(self):
+        prot = self.newClassify()
+        labels = {name: prot.getParam(name).label.get() for name in
+                  ('maskDiameterA', 'maxResolution', 'maximumShift', 'shiftStep', 'firstRing', 'ringStep')}
+        self.assertEqual(labels['maskDiameterA'], 'Particle mask diameter (Å)')
+        self.assertEqual(labels['maxResolution'], 'Maximum resolution (Å)')
+        for name in ('maximumShift', 'shiftStep', 'firstRing', 'ringStep'):
+            self.assertTrue(labels[name].endswith('(px)'), labels[name])
+        self.assertFalse(prot.hasAttribute('radius'))
 
     def test_moreClassesThanParticles(self):
         self.assertError(self.newClassify(numberOfClasses=N_PARTICLES + 1), "ask for fewer classes")
@@ -248,9 +266,13 @@ class TestForms(BaseTest):
 
     def test_engineArguments(self):
         args = self.newClassify(numberOfClasses=3, seed=5, numberOfThreads=2)._getEngineArgs()
-        for part in ("mra --particles", "--classes 3 --seed 5", "--radius 19", "--threads 2",
-                     "--backend cpu"):
+        for part in ("mra --particles", "--classes 3 --seed 5", "--threads 2", "--backend cpu"):
             self.assertIn(part, args)
+        for automatic in ("--radius", "--mask-diameter", "--max-resolution", "--shift-range", "--shift-step"):
+            self.assertNotIn(automatic, args)     # left to the engine (automatic)
+        given = self.newClassify(numberOfClasses=3, maskDiameterA=80, maxResolution=8, maximumShift=4,
+                                 shiftStep=2)._getEngineArgs()
+        self.assertIn("--mask-diameter 80.0 --max-resolution 8.0 --shift-range 4.0 --shift-step 2.0", given)
         self.assertNotIn("--gpu", args)
         self.assertNotIn("--no-mirror", args)
         self.assertIn("--no-mirror", self.newClassify(doMirror=False)._getEngineArgs())
@@ -258,6 +280,14 @@ class TestForms(BaseTest):
         args = gpu._getEngineArgs()
         self.assertTrue(args.endswith('--backend auto --gpu "%(GPU)s"'), args)
         self.assertIn("--verbose 100% --backend auto", args % {"GPU": "0 1"})
+
+    def test_miniBatchArguments(self):
+        args = self.newClassify()._getEngineArgs()   # automatic: the engine decides, with the form's sizes
+        self.assertIn("--minibatch-per-class 100 --minibatch-iterations 5", args)
+        self.assertNotIn("-minibatch ", args)
+        self.assertIn("--minibatch --minibatch-per-class 20 ",
+                      self.newClassify(miniBatch=1, miniBatchPerClass=20)._getEngineArgs())
+        self.assertIn("--no-minibatch ", self.newClassify(miniBatch=2)._getEngineArgs())
 
 
 @slow
@@ -270,10 +300,10 @@ class TestRuns(BaseTest):
         cls.rfaImport, cls.rfaTruth = importParticles(cls, "rfa")
         cls.mraImport, cls.mraTruth = importParticles(cls, "mra")
 
-    def runAlign(self, mpi):
+    def runAlign(self, mpi, **kwargs):
         prot = self.newProtocol(CryoralignProtAlign2D, objLabel="rfa mpi %d" % mpi, useGpu=False,
                                 inputParticles=self.rfaImport.outputParticles,
-                                numberOfIterations=6, numberOfMpi=mpi)
+                                numberOfIterations=6, numberOfMpi=mpi, **kwargs)
         return self.launchProtocol(prot)
 
     def runClassify(self, mpi, **kwargs):
@@ -323,6 +353,12 @@ class TestRuns(BaseTest):
         for mpi in (1, 2):
             with self.subTest(mpi=mpi):
                 self.checkAlign(self.runAlign(mpi))
+
+    def test_alignAtAnInternalBox(self):
+        # 6 A on 48 px at 2 A/px: aligned at 32 px, outputs at the input box, pixel size and pixels
+        prot = self.runAlign(1, maxResolution=6)
+        self.assertIn("internal box 32 px", open(prot.getLogPaths()[0]).read())
+        self.checkAlign(prot)
 
     def test_classify(self):
         for mpi in (1, 2):

@@ -137,6 +137,25 @@ class TestPlots(FigureChecks, unittest.TestCase):
         self.assertConvergence(fig, 7)
         self.save(fig, "convergence")
 
+    def test_convergenceOfAGrowingRun(self):
+        """The batches of a streaming run: every other one shaded, each labelled with its particles,
+        and the class seeded in batch 2 marked."""
+        batches = [(1, 100)] * 4 + [(2, 150), (3, 200), (4, 250), (4, 250), (4, 250)]
+        history = [dict(iteration=i, mean_score=0.5, class_changes=0.1, mean_angle_change=1.0,
+                        mean_shift_change=0.1, particles_per_second=100.0, resolution_px=[8.0],
+                        reseeded=[], batch=b, batch_particles=n, new_class=4 if i == 5 else None)
+                   for i, (b, n) in enumerate(batches, 1)]
+        self.assertEqual(plots.batch_spans(history), [(1, 100, 1, 4), (2, 150, 5, 5), (3, 200, 6, 6),
+                                                      (4, 250, 7, 9)])
+        fig = plots.convergence(history)
+        self.assertConvergence(fig, 9)
+        shaded = [tuple(np.unique(p.get_xy()[:, 0])) for p in fig.axes[0].patches]
+        self.assertEqual(shaded, [(0.5, 4.5), (5.5, 6.5)])   # batches 1 and 3
+        self.assertEqual([t.get_text() for t in fig.axes[0].texts],
+                         ["batch %d: %d" % b for b in ((1, 100), (2, 150), (3, 200), (4, 250))])
+        self.assertEqual([line.get_xdata()[0] for line in fig.axes[1].lines[1:]], [5])
+        self.save(fig, "convergence_batches")
+
     def test_embedding(self):
         """Two image classes separate in the PCA, and each average sits amid its particles."""
         rng = np.random.default_rng(1)

@@ -139,7 +139,10 @@ def convergence(history, fig=None):
     """Per-iteration curves from the engine's history (a list of dicts), iteration on every x axis.
 
     Iterations where classes were re-seeded are marked with dotted lines on the class-change
-    panel; the last panel is the FRC resolution (px) of the classes (median and range).
+    panel; the last panel is the FRC resolution (px) of the classes (median and range).  A growing
+    (streaming) run's batches are shaded alternately on every panel, each labelled on the first with
+    its number and particle count ("batch 2: 150"), and the classes seeded from a batch's misfits marked with dashed
+    lines on the class-change panel.
     """
     iterations = [h["iteration"] for h in history]
     fig = _figure(fig, (11, 6))
@@ -158,6 +161,7 @@ def convergence(history, fig=None):
                     alpha=0.3, label="range over classes")
     ax.set_ylabel("FRC resolution (px)", fontsize=FONT)
     ax.legend(fontsize=FONT - 2)
+    _mark_batches(axes, history)
     for ax in axes:
         ax.set_xlabel("iteration", fontsize=FONT)
         ax.grid(alpha=0.3)
@@ -166,6 +170,30 @@ def convergence(history, fig=None):
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle("Convergence over %d iterations" % len(iterations), fontsize=FONT + 2)
     return fig
+
+
+def batch_spans(history):
+    """``(batch, particles, first iteration, last iteration)`` of each batch of a growing run's history
+    (rows with ``batch``); empty for other runs."""
+    spans = {}
+    for h in history:
+        if "batch" in h:
+            b = spans.setdefault(h["batch"], [h.get("batch_particles", 0), h["iteration"], h["iteration"]])
+            b[1], b[2] = min(b[1], h["iteration"]), max(b[2], h["iteration"])
+    return [(b, *spans[b]) for b in sorted(spans)]
+
+
+def _mark_batches(axes, history):
+    spans = batch_spans(history)
+    for k, (batch, particles, first, last) in enumerate(spans):
+        for ax in axes:
+            if k % 2 == 0:
+                ax.axvspan(first - 0.5, last + 0.5, color="0.85", alpha=0.5, linewidth=0)
+        axes[0].annotate("batch %d: %d" % (batch, particles), (first - 0.45, 0.98), rotation=90,
+                         xycoords=("data", "axes fraction"), va="top", ha="left", fontsize=FONT - 3)
+    for h in history:
+        if h.get("new_class"):
+            axes[1].axvline(h["iteration"], color="tab:green", linestyle="--", linewidth=1)
 
 
 def embedding(points, classes, class_ids, average_points=None, method="PCA", fig=None):

@@ -8,7 +8,7 @@ import pytest
 
 from cryoralign_plugin.engine import cli
 from cryoralign_plugin.engine.errors import InputError
-from cryoralign_plugin.engine.settings import Settings
+from cryoralign_plugin.engine.settings import SHIFT_RANGE, Settings
 
 REQUIRED = ["--particles", "p.star", "--out", "out"]
 
@@ -54,7 +54,7 @@ def test_bad_command_lines_are_usage_errors(argv, capsys):
 
 def test_info_defaults():
     args = parse("info")
-    assert (args.box, args.classes, args.shift_range) == (0, 1, Settings().shift_range)
+    assert (args.box, args.classes, args.shift_range) == (0, 1, SHIFT_RANGE)
 
 
 # ---------------------------------------------------------------------------------------------

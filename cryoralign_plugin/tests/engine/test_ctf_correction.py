@@ -174,7 +174,8 @@ def test_a_ctf_without_a_pixel_size_is_an_input_error(small):
     bare = ctf.CtfColumns(*(getattr(cols, k) for k in synthetic.CTF_KEYS))      # no pixel size
     with pytest.raises(InputError, match="needs the pixel size of the images"):
         context(images, bare, "wiener")
-    assert context(images, bare, "wiener", pixel_size=2.5).correction.pixel_size[0] == 2.5  # the source's
+    # the source's (at the input box: a maximum resolution at its Nyquist limit crops nothing)
+    assert context(images, bare, "wiener", pixel_size=2.5, max_resolution=5.0).correction.pixel_size[0] == 2.5
     assert context(images, bare, "none").correction.mode == "none"                      # not needed
 
 

@@ -3,7 +3,8 @@ from dataclasses import fields
 
 from cryoralign_plugin.engine import cli
 from cryoralign_plugin.engine.geometry import largest_radius
-from cryoralign_plugin.engine.settings import Settings
+from cryoralign_plugin.engine.downsample import plan
+from cryoralign_plugin.engine.settings import SHIFT_RANGE, Settings
 
 REQUIRED = ["--particles", "p.star", "--out", "out"]
 
@@ -34,10 +35,10 @@ def test_flags_set_their_fields():
 
 def test_automatic_values_resolve():
     s = Settings(iterations=9)
-    assert (s.resolved_radius(64), s.resolved_min_members(400, 10), s.resolved_balanced_iterations()) \
-        == (largest_radius(64, s.shift_range), 10, 5)
+    assert (plan(64, None, s).radius, s.resolved_min_members(400, 10), s.resolved_balanced_iterations()) \
+        == (largest_radius(64, SHIFT_RANGE), 10, 5)
     # the balanced phase does not depend on the total, so extending a run with --continue keeps it
     assert {Settings(iterations=n).resolved_balanced_iterations() for n in (1, 3, 10, 100)} == {5}
     assert Settings(min_members=1).resolved_min_members(4, 10) == 1
     s = Settings(radius=20, min_members=0, balanced_iterations=0)
-    assert (s.resolved_radius(64), s.resolved_min_members(400, 10), s.resolved_balanced_iterations()) == (20, 0, 0)
+    assert (plan(64, None, s).radius, s.resolved_min_members(400, 10), s.resolved_balanced_iterations()) == (20, 0, 0)
