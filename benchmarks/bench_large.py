@@ -33,7 +33,7 @@ def main():
     try:
         start = time.perf_counter()
         paths = synthetic.make_dataset(os.path.join(folder, "data"), n_particles=args.particles, box=BOX,
-                                       n_classes=args.classes, snr=args.snr, seed=0, max_similarity=0.9)
+                                       n_classes=args.classes, snr=args.snr, seed=0)
         made = time.perf_counter() - start
         run = os.path.join(folder, "run")
         command = [sys.executable, "-m", "cryoralign_plugin.engine.cli", "mra", "--particles",

@@ -20,6 +20,7 @@ from cryoralign_plugin.engine.errors import InputError
 from cryoralign_plugin.engine.mrc import read_stack
 from cryoralign_plugin.engine.settings import Settings
 from cryoralign_plugin.engine.sources import ArraySource
+from oracles import registered
 
 quiet = lambda *_: None
 REQUIRED = ["--particles", "p.star", "--out", "out"]
@@ -330,23 +331,6 @@ def test_wiener_averages_restore_the_amplitudes_that_flipping_leaves_ctf_weighte
 # ---------------------------------------------------------------------------------------------
 # Runs: classification, reference-free alignment, exact across threads, --continue and MPI ranks
 
-def _registered(average, view):
-    """``view`` rotated, mirrored and shifted (1 deg, 1 px) to match ``average`` best."""
-    box = view.shape[-1]
-    angles = np.arange(0.0, 360.0, 1.0)
-    target = np.fft.rfft2(average)
-    best = (-np.inf, None)
-    for mirror in (0, 1):
-        params = np.column_stack([angles, np.zeros((len(angles), 2)), np.full(len(angles), mirror)])
-        moved = imgops.transform(np.repeat(view[None], len(angles), axis=0), params)
-        corr = np.fft.irfft2(target[None] * np.conj(np.fft.rfft2(moved)), s=(box, box))
-        i = np.unravel_index(np.argmax(corr), corr.shape)
-        if corr[i] > best[0]:
-            dy, dx = [(v + box // 2) % box - box // 2 for v in i[1:]]
-            best = (corr[i], imgops.fourier_shift(moved[i[0]], dx, dy))
-    return best[1]
-
-
 def _frc_to_truth(result, classes, views):
     """Mean over the found classes of the FRC of each average with its majority's true view."""
     curves = []
@@ -354,7 +338,7 @@ def _frc_to_truth(result, classes, views):
         members = result.classes == k
         if members.any():
             true = np.bincount(classes[members], minlength=len(views)).argmax()
-            curves.append(imgops.frc(result.averages[k], _registered(result.averages[k], views[true])))
+            curves.append(imgops.frc(result.averages[k], registered(result.averages[k], views[true])))
     return np.mean(curves, axis=0)
 
 

@@ -17,6 +17,7 @@ from cryoralign_plugin.engine.errors import InputError
 from cryoralign_plugin.engine.geometry import sampling_limit
 from cryoralign_plugin.engine.settings import MIN_MASK_RADIUS, Settings
 from cryoralign_plugin.engine.sources import ArraySource
+from oracles import registered
 
 quiet = lambda *_: None
 
@@ -222,22 +223,6 @@ def _zero_padded(image, box):
     return np.fft.ifft2(np.fft.ifftshift(big)).real * (box / n) ** 2
 
 
-def _registered_view(average, view):
-    box = view.shape[-1]
-    best = (-np.inf, None)
-    target = np.fft.rfft2(average)
-    angles = np.arange(0.0, 360.0, 2.0)
-    for mirror in (0, 1):
-        params = np.column_stack([angles, np.zeros((len(angles), 2)), np.full(len(angles), mirror)])
-        moved = imgops.transform(np.repeat(view[None], len(angles), axis=0), params)
-        corr = np.fft.irfft2(target[None] * np.conj(np.fft.rfft2(moved)), s=(box, box))
-        i = np.unravel_index(np.argmax(corr), corr.shape)
-        if corr[i] > best[0]:
-            dy, dx = [(v + box // 2) % box - box // 2 for v in i[1:]]
-            best = (corr[i], imgops.fourier_shift(moved[i[0]], dx, dy))
-    return best[1]
-
-
 def test_the_final_averages_are_at_the_input_box_and_match_the_views_at_least_as_well(ctf_run):
     views, classes, truth, result, out, lines = ctf_run
     assert result.averages.shape == (4, 128, 128)
@@ -251,7 +236,7 @@ def test_the_final_averages_are_at_the_input_box_and_match_the_views_at_least_as
     beyond = []
     for k in range(4):
         true = np.bincount(classes[result.classes == k], minlength=4).argmax()
-        view = _registered_view(result.averages[k], views[true])
+        view = registered(result.averages[k], views[true], step=2.0)
         final = imgops.frc(result.averages[k], view)
         upsampled = imgops.frc(_zero_padded(internal[k], 128).astype(np.float32), view)
         assert final[4:32].mean() >= upsampled[4:32].mean(), (k, final[4:32].mean(), upsampled[4:32].mean())
