@@ -40,6 +40,14 @@ def _initial_params(ctx):
     return np.zeros((ctx.source.count, 4))
 
 
+def _unassigned_state(ctx, refs):
+    """A multireference run's state before its first iteration: every particle unassigned, at its
+    starting parameters, with the references ``refs``."""
+    count = ctx.source.count
+    return loop.State(0, _initial_params(ctx), np.full(count, -1, np.int64), np.zeros(count), refs,
+                      np.zeros(len(refs)), refs, [])
+
+
 def _run(ctx, n_refs, initial_state, reseed, out_dir, resume, overwrite, command, start, inputs):
     """Claim ``out_dir``, then iterate from its last checkpoint or from ``initial_state()``.
 
@@ -120,9 +128,7 @@ def align_multi_reference(particles, n_classes=None, references=None, settings=N
     settings = settings or Settings(**options)
     ctx = _context(particles, settings, comm, log, out_dir)
     refs = _initial_references(ctx, n_classes, references)
-    count = ctx.source.count
-    state = loop.State(0, _initial_params(ctx), np.full(count, -1, np.int64), np.zeros(count), refs,
-                       np.zeros(len(refs)), refs, [])
+    state = _unassigned_state(ctx, refs)
     if references is not None:
         given = np.asarray(references, np.float32)
         start = {"references": given[None] if given.ndim == 2 else given}

@@ -206,9 +206,7 @@ def grow_multi_reference(particles, n_classes, settings, out_dir, final=False, c
     try:
         found = outputs.last_checkpoint(out_dir)
         if found is None:
-            refs = align._initial_references(ctx, n_classes, None)
-            state = loop.State(0, align._initial_params(ctx), np.full(count, -1, np.int64), np.zeros(count),
-                               refs, np.zeros(len(refs)), refs, [])
+            state = align._unassigned_state(ctx, align._initial_references(ctx, n_classes, None))
         else:
             state = _extended(loop.state_of(*found), count, ctx)
         placed, end = _end(e, ctx.settings)
