@@ -1,17 +1,20 @@
 """Mini-batch iterations (:mod:`cryoralign_plugin.engine.minibatch`) against full passes: purity and time.
 
 ``quality``: the hard test sets of ``bench_classification.py`` (SLICEM at SNR 0.02 / 0.05, phantom
-near-duplicate pairs, one rare view), random starts (``--seeds``), full passes against mini-batches
-forced with ``--per-class`` (default 15: the first subset is a tenth of 1500 particles at K = 10).
+near-duplicate pairs, one rare view), random starts (``--seeds``), ``--iterations`` full passes against
+the default schedule's mini-batches (forced, ``--per-class`` particles per class at most), per run and
+the mean per set.
 ``speed``: one large-ish set (``--large`` particles, ``--large-classes``, ``--large-box`` px) with the
 default (automatic) mini-batches against ``--no-minibatch``, timed in the same process.
 Prints a table and one JSON line.
 Usage: python benchmarks/bench_minibatch.py [--parts quality speed] [--particles 1500] [--seeds 1 2 3]
-       [--per-class 15] [--large 20000] [--large-classes 50] [--large-box 32] [--threads N]
+       [--per-class 100] [--iterations 10] [--large 20000] [--large-classes 50] [--large-box 32] [--threads N]
 """
 import argparse
 import json
 import time
+
+import numpy as np
 
 from cryoralign_plugin.engine import align, synthetic
 from cryoralign_plugin.engine.settings import Settings
@@ -47,16 +50,21 @@ def quality(args, rows):
     for name in args.sets:
         source, k, snr, rare = SETS[name]
         images, truth = dataset(source, k, args.box, args.particles, snr, rare)
+        differences = []
         for seed in args.seeds:
-            full = classify(images, truth, k, seed=seed, threads=args.threads, minibatch=False)
-            mini = classify(images, truth, k, seed=seed, threads=args.threads, minibatch=True,
-                            minibatch_per_class=args.per_class)
+            same = dict(seed=seed, threads=args.threads, iterations=args.iterations)
+            full = classify(images, truth, k, minibatch=False, **same)
+            mini = classify(images, truth, k, minibatch=True, minibatch_per_class=args.per_class, **same)
             row = {"part": "quality", "set": name, "seed": seed, "full": full, "minibatch": mini,
                    "difference": mini["purity"] - full["purity"]}
             rows.append(row)
             print("%-12s %-6d %9.3f %9.3f %+8.3f %7.1f %7.1f" % (name, seed, full["purity"], mini["purity"],
                                                                 row["difference"], full["seconds"],
                                                                 mini["seconds"]), flush=True)
+            differences.append(row["difference"])
+        print("%-12s %-6s %9s %9s %+8.3f   (mean of %d; searches per particle %.2f against %.2f)"
+              % (name, "mean", "", "", np.mean(differences), len(differences), mini["searched"] / len(truth),
+                 full["searched"] / len(truth)), flush=True)
 
 
 def speed(args, rows):
@@ -82,7 +90,8 @@ def main(argv=None):
     parser.add_argument("--box", type=int, default=64)
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--per-class", type=int, default=15)
+    parser.add_argument("--per-class", type=int, default=Settings().minibatch_per_class)
+    parser.add_argument("--iterations", type=int, default=Settings().iterations)
     parser.add_argument("--large", type=int, default=20000)
     parser.add_argument("--large-classes", type=int, default=50)
     parser.add_argument("--large-box", type=int, default=32)

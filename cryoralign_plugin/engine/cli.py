@@ -20,7 +20,8 @@ from dataclasses import fields
 
 from .errors import InputError
 from .memory import PeakMemory
-from .settings import MAX_RESOLUTION, SHIFT_RANGE, SHIFT_STEP, Settings
+from .settings import (FINAL_FULL_PASSES, MAX_RESOLUTION, MINIBATCH_FRACTION, MINIBATCH_GROWTH, SHIFT_RANGE,
+                       SHIFT_STEP, Settings)
 
 PROG = "cryoralign-engine"
 DEFAULTS = Settings()
@@ -185,10 +186,11 @@ def build_parser():
     switch.add_argument("--no-minibatch", dest="minibatch", action="store_const", const=False,
                         help="search every particle in every iteration")
     g.add_argument("--minibatch-per-class", type=int, default=d.minibatch_per_class,
-                   help="particles per class in the first subset (default: %(default)s)")
+                   help="particles per class in the first subset, at most: all subsets together hold at "
+                        "most %g of the particles (default: %%(default)s)" % MINIBATCH_FRACTION)
     g.add_argument("--minibatch-iterations", type=int, default=d.minibatch_iterations,
-                   help="iterations searching subsets, growing geometrically towards all particles; later "
-                        "ones search all (default: %(default)s)")
+                   help="iterations searching subsets, each %gx the previous; later ones search all (default: "
+                        "%%(default)s, so a default run ends on %d full passes)" % (MINIBATCH_GROWTH, FINAL_FULL_PASSES))
     g = mra.add_argument_group("growing run (streaming)")
     g.add_argument("--grow", action="store_true",
                    help="the input extends the run in --out (its first particles are that run's): keep their "

@@ -1,10 +1,14 @@
 """Mini-batch iterations: which particles each iteration searches.
 
-As cryoSPARC's online EM (about 100 particles per class per iteration at first) and RELION-4's
-gradient-driven 2D, the first ``minibatch_iterations`` iterations of a large classification search
-random subsets whose size grows geometrically, from ``minibatch_per_class * K`` particles at
-iteration 1 towards all N; every later iteration passes over every particle.  Automatic (setting
-``minibatch`` None) for multireference runs whose first subset is under half the particles.
+As cryoSPARC's online EM (about 100 particles per class per iteration, 20 iterations, then 2 full
+passes) and RELION-4's gradient-driven 2D, the first ``minibatch_iterations`` iterations of a large
+classification search random subsets: ``minibatch_per_class * K`` particles at iteration 1, each
+later one ``settings.MINIBATCH_GROWTH`` times larger; every later iteration passes over every
+particle.  The subsets together hold at most ``settings.MINIBATCH_FRACTION`` of N (else all are
+scaled down alike), so the mini-batches cost at most half a full pass whatever N and K, and a default
+run (8 mini-batch iterations, then ``settings.FINAL_FULL_PASSES``) searches at most 2.5 N, against 10 N
+for full passes (10^6 particles, K = 200: 2.40 N).  Automatic (setting ``minibatch`` None) for
+multireference runs whose first subset is under half the particles.
 
 Each subset holds the previous one (the first ``size`` particles of one random order), so every
 particle with a class was searched against the latest references.  A particle outside an
@@ -13,16 +17,17 @@ of the sums); the averages are built from every particle with a class at its lat
 which with other subsets (``loop.iterate(subsets=...)``) may be older.  Drawing new subsets each
 iteration instead (cryoSPARC) left stale alignments in the averages and classified worse on
 ``benchmarks/bench_minibatch.py``'s near-duplicate pairs (purity -0.050 against -0.020 for random start 1).
-The subsets depend only on the seed and the iteration: the same for any number of MPI ranks and
-after ``--continue``.  A run must end on full passes: forced mini-batches with too few ``iterations``
-are refused, automatic ones are off.  That is the one use of ``iterations`` (free to grow on
-``--continue``): a run of at most ``minibatch_iterations`` in automatic mode, extended past them with
-``--continue``, searches subsets in its remaining early iterations, where a straight run of that
-length searched them from iteration 1.
+The subsets depend only on the seed, the iteration, N, K and the two mini-batch settings: the same for
+any number of MPI ranks and after ``--continue``.  A run must end on full passes: forced mini-batches
+with too few ``iterations`` are refused, automatic ones are off.  That is the one use of ``iterations``
+(free to grow on ``--continue``): a run of at most ``minibatch_iterations`` in automatic mode, extended
+past them with ``--continue``, searches subsets in its remaining early iterations, where a straight run
+of that length searched them from iteration 1.
 """
 import numpy as np
 
 from .errors import InputError
+from .settings import MINIBATCH_FRACTION, MINIBATCH_GROWTH
 
 STREAM = 0x6d696e69   # keeps the subsets' random stream apart from the initial references' (``seed`` alone)
 
@@ -42,6 +47,15 @@ def enabled(settings, count, n_classes):
     return n_classes > 1 and 0 < m < settings.iterations and 2 * first < count
 
 
+def sizes(first, iterations, count):
+    """Subset sizes of ``iterations`` mini-batch iterations over ``count`` particles: ``first``, each
+    next MINIBATCH_GROWTH times larger, all scaled by one factor where they would hold more than
+    MINIBATCH_FRACTION of the particles together (at least 1 each, and under ``count``)."""
+    growth = MINIBATCH_GROWTH ** np.arange(iterations)
+    scale = min(1.0, MINIBATCH_FRACTION * count / (first * growth.sum()))
+    return [int(min(count - 1, max(1, round(first * scale * g)))) for g in growth]
+
+
 class Schedule:
     """``schedule(iteration)``: the sorted global indices searched in that (1-based) iteration, or None
     for every particle; ``sizes[i - 1]`` is the subset size of mini-batch iteration ``i``."""
@@ -50,8 +64,7 @@ class Schedule:
         self.count, self.seed = int(count), int(settings.seed)
         self.sizes = []
         if enabled(settings, count, n_classes):
-            first, m = first_size(settings, n_classes), settings.minibatch_iterations
-            self.sizes = [int(round(first * (count / first) ** (i / m))) for i in range(m)]
+            self.sizes = sizes(first_size(settings, n_classes), settings.minibatch_iterations, count)
 
     def size(self, iteration):
         """Particles searched in ``iteration``."""

@@ -46,10 +46,18 @@ MIN_MASK_RADIUS = 8
 AUTO_MASK_RADIUS = 16
 # Automatic balanced_iterations: the first 5 iterations (half of the default 10), whatever the total.
 BALANCED_ITERATIONS = 5
-# Mini-batch iterations (:mod:`.minibatch`): cryoSPARC's 100 particles per class at first, growing over the
-# first 5 iterations (the balanced ones), then full passes.
+# Iterations of a run, and the full passes it ends on when its first iterations search mini-batches
+# (cryoSPARC ends its online EM on 2 full iterations).
+ITERATIONS = 10
+FINAL_FULL_PASSES = 2
+# Mini-batch iterations (:mod:`.minibatch`): cryoSPARC's 100 particles per class at first, each subset
+# MINIBATCH_GROWTH times the previous, over the iterations before the final full passes; all of them
+# together at most MINIBATCH_FRACTION of the particles (else each is scaled down alike), so a default run
+# of N particles searches at most 2.5 N (10^6 particles, K = 200: 0.40 N, as cryoSPARC's 20 x 100 x K).
 MINIBATCH_PER_CLASS = 100
-MINIBATCH_ITERATIONS = 5
+MINIBATCH_ITERATIONS = ITERATIONS - FINAL_FULL_PASSES
+MINIBATCH_GROWTH = 1.25
+MINIBATCH_FRACTION = 1.0
 # Automatic new_class_members: never fewer than this many misfits seed a class.
 NEW_CLASS_LEAST = 10
 
@@ -67,7 +75,7 @@ class Settings:
     shift_step: Optional[float] = None      # input px, sub-pixel steps allowed; None: SHIFT_STEP internal px
     refine_shifts: bool = True     # refine each shift (and angle) off the grid around its best grid point
     mirror: bool = True
-    iterations: int = 10
+    iterations: int = ITERATIONS
     auto_stop: bool = False        # stop once fewer than stop_fraction of the particles change
     stop_fraction: float = 0.005
     center: bool = False           # center the references on their center of mass
@@ -76,7 +84,7 @@ class Settings:
     balanced_iterations: Optional[int] = None  # equal-size assignment for the first iterations; None: 5
     batch_size: int = 2048
     minibatch: Optional[bool] = None   # search growing random subsets first; None: automatic (minibatch.enabled)
-    minibatch_per_class: int = MINIBATCH_PER_CLASS     # particles per class in the first subset
+    minibatch_per_class: int = MINIBATCH_PER_CLASS     # particles per class in the first subset (at most)
     minibatch_iterations: int = MINIBATCH_ITERATIONS   # iterations searching subsets (0: none)
     use_prior: bool = False        # start from the input's alignment instead of zero
     backend: str = "auto"

@@ -9,6 +9,7 @@ from pyworkflow.constants import BETA
 from .. import convert
 from ..constants import (CLASSES_MRCS, CLASSES_STAR, MRA, PARTICLES_STAR,
                          REFERENCES_STACK)
+from ..engine.settings import FINAL_FULL_PASSES, MINIBATCH_FRACTION, MINIBATCH_GROWTH
 from .protocol_base import AUTOMATIC, DEFAULTS, CryoralignProtBase
 
 
@@ -63,17 +64,23 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
                       display=params.EnumParam.DISPLAY_HLIST, condition='not doContinue',
                       expertLevel=params.LEVEL_ADVANCED, label='Mini-batch iterations?',
                       help='As cryoSPARC\'s online EM: the first iterations search growing random subsets '
-                           'of the particles (the others keep their class), later ones every particle. '
-                           'Automatic: on when the first subset (particles per class x classes) is under '
-                           'half of the particles and the iterations leave full passes after them.')
+                           'of the particles (the others keep their class), later ones every particle; '
+                           'all subsets together hold at most %g of the particles, so a default run '
+                           'searches each particle at most %g times instead of %d. Automatic: on when the '
+                           'first subset (particles per class x classes) is under half of the particles '
+                           'and the iterations leave full passes after them.'
+                           % (MINIBATCH_FRACTION, MINIBATCH_FRACTION + FINAL_FULL_PASSES, DEFAULTS.iterations))
         form.addParam('miniBatchPerClass', params.IntParam, default=DEFAULTS.minibatch_per_class,
                       condition='not doContinue and miniBatch != 2', validators=[params.Positive],
-                      expertLevel=params.LEVEL_ADVANCED, label='Particles per class in the first subset')
+                      expertLevel=params.LEVEL_ADVANCED, label='Particles per class in the first subset',
+                      help='At most: fewer when the subsets would hold more than %g of the particles.'
+                           % MINIBATCH_FRACTION)
         form.addParam('miniBatchIterations', params.IntParam, default=DEFAULTS.minibatch_iterations,
                       condition='not doContinue and miniBatch != 2', validators=[params.GE(0)],
                       expertLevel=params.LEVEL_ADVANCED, label='Mini-batch iterations',
-                      help='Iterations searching subsets, growing towards all particles; the number of '
-                           'iterations must be larger.')
+                      help='Iterations searching subsets, each %g times the previous; the number of '
+                           'iterations must be larger (by default %d larger: the final full passes).'
+                           % (MINIBATCH_GROWTH, FINAL_FULL_PASSES))
 
     def _getMiniBatchArgs(self, src):
         switch = {1: ['--minibatch'], 2: ['--no-minibatch']}.get(src.miniBatch.get(), [])

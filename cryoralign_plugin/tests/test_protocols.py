@@ -283,7 +283,7 @@ class TestForms(BaseTest):
 
     def test_miniBatchArguments(self):
         args = self.newClassify()._getEngineArgs()   # automatic: the engine decides, with the form's sizes
-        self.assertIn("--minibatch-per-class 100 --minibatch-iterations 5", args)
+        self.assertIn("--minibatch-per-class 100 --minibatch-iterations 8", args)
         self.assertNotIn("-minibatch ", args)
         self.assertIn("--minibatch --minibatch-per-class 20 ",
                       self.newClassify(miniBatch=1, miniBatchPerClass=20)._getEngineArgs())

@@ -9,7 +9,7 @@ from cryoralign_plugin.engine import align, loop, minibatch, parallel, reference
 from cryoralign_plugin.engine import images as im
 from cryoralign_plugin.engine.errors import InputError
 from cryoralign_plugin.engine.mrc import read_stack
-from cryoralign_plugin.engine.settings import Settings
+from cryoralign_plugin.engine.settings import FINAL_FULL_PASSES, MINIBATCH_FRACTION, MINIBATCH_GROWTH, Settings
 from cryoralign_plugin.tests.engine.test_cli_errors import one_error_line, run_main
 from cryoralign_plugin.tests.engine.test_loop import Ranks, blank, start
 from cryoralign_plugin.tests.engine.test_runs import engine
@@ -21,24 +21,34 @@ quiet = lambda *_: None
 # The schedule
 
 def test_subsets_grow_from_per_class_times_k_and_end_in_full_passes():
-    plan = minibatch.Schedule(Settings(), 20000, 50)     # defaults: 100 per class, 5 iterations
-    assert plan.sizes[0] == 100 * 50 and len(plan.sizes) == 5
-    assert all(a < b for a, b in zip(plan.sizes, plan.sizes[1:])) and plan.sizes[-1] < 20000
+    plan = minibatch.Schedule(Settings(), 10 ** 6, 200)     # defaults: 100 per class, 8 iterations, 10 in all
+    assert plan.sizes[0] == 100 * 200 and len(plan.sizes) == 8 == Settings().iterations - FINAL_FULL_PASSES
+    assert all(abs(b / a - MINIBATCH_GROWTH) < 1e-3 for a, b in zip(plan.sizes, plan.sizes[1:]))
+    assert 0.39 < sum(plan.sizes) / 10 ** 6 < 0.40    # cryoSPARC's 20 x 100 x K would be 0.40 N
     for iteration, size in enumerate(plan.sizes, 1):
         chosen = plan(iteration)
         assert len(chosen) == size == plan.size(iteration) and chosen.dtype == np.int64
-        assert np.all(np.diff(chosen) > 0) and chosen[0] >= 0 and chosen[-1] < 20000   # sorted, distinct
-    assert plan(6) is None and plan(60) is None and plan.size(6) == 20000
+        assert np.all(np.diff(chosen) > 0) and chosen[0] >= 0 and chosen[-1] < 10 ** 6   # sorted, distinct
+    assert plan(9) is None and plan(60) is None and plan.size(9) == 10 ** 6
+
+
+@pytest.mark.parametrize("count,k", [(10 ** 5, 100), (20001, 50), (1500, 10)])
+def test_subsets_are_scaled_down_alike_to_hold_at_most_half_of_the_particles(count, k):
+    plan = minibatch.Schedule(Settings(minibatch=True), count, k)
+    first = 100 * k * MINIBATCH_FRACTION * count / (100 * k * sum(MINIBATCH_GROWTH ** i for i in range(8)))
+    assert abs(plan.sizes[0] - first) <= 1 and plan.sizes[0] < 100 * k
+    assert all(abs(b / a - MINIBATCH_GROWTH) < 0.03 for a, b in zip(plan.sizes, plan.sizes[1:]))
+    assert abs(sum(plan.sizes) - MINIBATCH_FRACTION * count) <= 8   # rounding, one particle each
 
 
 def test_subsets_depend_only_on_the_seed_and_the_iteration():
     plan = minibatch.Schedule(Settings(), 5000, 10)
     again = minibatch.Schedule(Settings(iterations=30, batch_size=7, threads=1), 5000, 10)   # free settings
     other = minibatch.Schedule(Settings(seed=1), 5000, 10)
-    for i in range(1, 6):
+    for i in range(1, 9):
         np.testing.assert_array_equal(plan(i), again(i))
         assert not np.array_equal(plan(i), other(i))
-    for i in range(1, 5):   # each subset holds the previous one, and more
+    for i in range(1, 8):   # each subset holds the previous one, and more
         assert np.isin(plan(i), plan(i + 1)).all() and len(plan(i + 1)) > len(plan(i))
 
 
@@ -51,8 +61,8 @@ def test_subsets_depend_only_on_the_seed_and_the_iteration():
     (dict(minibatch=False), 10 ** 6, 200, False),
     (dict(minibatch_iterations=0), 10 ** 6, 200, False),
     (dict(minibatch=True, minibatch_per_class=5), 40, 1, True),
-    (dict(iterations=5), 10 ** 6, 200, False),     # automatic: no full pass would follow the 5 subsets
-    (dict(iterations=6), 10 ** 6, 200, True),
+    (dict(iterations=8), 10 ** 6, 200, False),     # automatic: no full pass would follow the 8 subsets
+    (dict(iterations=9), 10 ** 6, 200, True),
 ])
 def test_when_mini_batches_are_used(options, count, k, expected):
     settings = Settings(**options)
@@ -145,7 +155,7 @@ def test_a_run_searches_the_schedule_s_subsets_and_ends_with_every_particle(part
     result = align.align_multi_reference(images, n_classes=2, settings=Settings(
         minibatch=True, minibatch_per_class=5, minibatch_iterations=2, iterations=4, threads=1), log=quiet)
     plan = minibatch.Schedule(Settings(minibatch=True, minibatch_per_class=5, minibatch_iterations=2), 60, 2)
-    assert [row["searched"] for row in result.history] == plan.sizes + [60, 60] == [10, 24, 60, 60]
+    assert [row["searched"] for row in result.history] == plan.sizes + [60, 60] == [10, 12, 60, 60]
     assert np.all(result.classes >= 0) and synthetic.purity(result.classes, truth) >= 0.9
 
 
@@ -191,7 +201,7 @@ def test_too_few_iterations_for_forced_mini_batches_are_refused_before_anything_
     with pytest.raises(InputError, match=re.escape("--iterations 2 ends within the mini-batch iterations")) as err:
         align.align_multi_reference(images, n_classes=2, iterations=2, minibatch=True, minibatch_per_class=5,
                                     log=quiet)
-    assert "--iterations 6 or more" in str(err.value) and "\n" not in str(err.value)
+    assert "--iterations 9 or more" in str(err.value) and "\n" not in str(err.value)
 
 
 # ---------------------------------------------------------------------------------------------
