@@ -187,10 +187,11 @@ def build_parser():
                         help="search every particle in every iteration")
     g.add_argument("--minibatch-per-class", type=int, default=d.minibatch_per_class,
                    help="particles per class in the first subset, at most: all subsets together hold at "
-                        "most %g of the particles (default: %%(default)s)" % MINIBATCH_FRACTION)
+                        "most %g x N particles (default: %%(default)s)" % MINIBATCH_FRACTION)
     g.add_argument("--minibatch-iterations", type=int, default=d.minibatch_iterations,
                    help="iterations searching subsets, each %gx the previous; later ones search all (default: "
-                        "%%(default)s, so a default run ends on %d full passes)" % (MINIBATCH_GROWTH, FINAL_FULL_PASSES))
+                        "%%(default)s, so a default run ends on %d full passes)"
+                        % (MINIBATCH_GROWTH, FINAL_FULL_PASSES))
     g = mra.add_argument_group("growing run (streaming)")
     g.add_argument("--grow", action="store_true",
                    help="the input extends the run in --out (its first particles are that run's): keep their "

@@ -5,8 +5,8 @@ passes) and RELION-4's gradient-driven 2D, the first ``minibatch_iterations`` it
 classification search random subsets: ``minibatch_per_class * K`` particles at iteration 1, each
 later one ``settings.MINIBATCH_GROWTH`` times larger; every later iteration passes over every
 particle.  The subsets together hold at most ``settings.MINIBATCH_FRACTION`` of N (else all are
-scaled down alike), so the mini-batches cost at most half a full pass whatever N and K, and a default
-run (8 mini-batch iterations, then ``settings.FINAL_FULL_PASSES``) searches at most 2.5 N, against 10 N
+scaled down alike), so the mini-batches cost at most one full pass whatever N and K, and a default
+run (8 mini-batch iterations, then ``settings.FINAL_FULL_PASSES``) searches at most 3 N, against 10 N
 for full passes (10^6 particles, K = 200: 2.40 N).  Automatic (setting ``minibatch`` None) for
 multireference runs whose first subset is under half the particles.
 

@@ -53,7 +53,8 @@ FINAL_FULL_PASSES = 2
 # Mini-batch iterations (:mod:`.minibatch`): cryoSPARC's 100 particles per class at first, each subset
 # MINIBATCH_GROWTH times the previous, over the iterations before the final full passes; all of them
 # together at most MINIBATCH_FRACTION of the particles (else each is scaled down alike), so a default run
-# of N particles searches at most 2.5 N (10^6 particles, K = 200: 0.40 N, as cryoSPARC's 20 x 100 x K).
+# of N particles searches at most 3 N (10^6 particles, K = 200: 2.40 N, as cryoSPARC's 20 x 100 x K + 2 N).
+# Half of N instead lost 0.10 of the purity on 4000 SLICEM particles at SNR 0.05 (benchmarks/bench_minibatch.py).
 MINIBATCH_PER_CLASS = 100
 MINIBATCH_ITERATIONS = ITERATIONS - FINAL_FULL_PASSES
 MINIBATCH_GROWTH = 1.25

@@ -65,15 +65,16 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
                       expertLevel=params.LEVEL_ADVANCED, label='Mini-batch iterations?',
                       help='As cryoSPARC\'s online EM: the first iterations search growing random subsets '
                            'of the particles (the others keep their class), later ones every particle; '
-                           'all subsets together hold at most %g of the particles, so a default run '
-                           'searches each particle at most %g times instead of %d. Automatic: on when the '
+                           'all subsets together hold at most %g x N particles (N: the particles), so a '
+                           'default run searches each particle at most %g times instead of %d. Automatic: on '
+                           'when the '
                            'first subset (particles per class x classes) is under half of the particles '
                            'and the iterations leave full passes after them.'
                            % (MINIBATCH_FRACTION, MINIBATCH_FRACTION + FINAL_FULL_PASSES, DEFAULTS.iterations))
         form.addParam('miniBatchPerClass', params.IntParam, default=DEFAULTS.minibatch_per_class,
                       condition='not doContinue and miniBatch != 2', validators=[params.Positive],
                       expertLevel=params.LEVEL_ADVANCED, label='Particles per class in the first subset',
-                      help='At most: fewer when the subsets would hold more than %g of the particles.'
+                      help='At most: fewer when the subsets together would hold more than %g x N particles.'
                            % MINIBATCH_FRACTION)
         form.addParam('miniBatchIterations', params.IntParam, default=DEFAULTS.minibatch_iterations,
                       condition='not doContinue and miniBatch != 2', validators=[params.GE(0)],
