@@ -48,12 +48,21 @@ def enabled(settings, count, n_classes):
 
 
 def sizes(first, iterations, count):
-    """Subset sizes of ``iterations`` mini-batch iterations over ``count`` particles: ``first``, each
-    next MINIBATCH_GROWTH times larger, all scaled by one factor where they would hold more than
-    MINIBATCH_FRACTION of the particles together (at least 1 each, and under ``count``)."""
-    growth = MINIBATCH_GROWTH ** np.arange(iterations)
-    scale = min(1.0, MINIBATCH_FRACTION * count / (first * growth.sum()))
-    return [int(min(count - 1, max(1, round(first * scale * g)))) for g in growth]
+    """Subset sizes of at most ``iterations`` mini-batch iterations over ``count`` particles: ``first``,
+    each next MINIBATCH_GROWTH times larger, or less where together they would hold more than
+    MINIBATCH_FRACTION of the particles; where even equal subsets would, fewer iterations (the run's
+    others are full passes).  Never fewer than ``first`` per iteration: scaled-down subsets (15 per
+    class instead of 100 at K = 10) lost up to 0.16 of the purity on SLICEM particles at SNR 0.05."""
+    budget = MINIBATCH_FRACTION * count
+    iterations = int(min(iterations, budget // first))
+    total = lambda growth: first * np.sum(growth ** np.arange(iterations))
+    growth = MINIBATCH_GROWTH
+    if total(growth) > budget:   # the largest growth within the budget (bisection: total grows with it)
+        low, high = 1.0, growth
+        for _ in range(40):
+            low, high = ((low + high) / 2, high) if total((low + high) / 2) <= budget else (low, (low + high) / 2)
+        growth = low
+    return [int(min(count - 1, round(first * growth ** i))) for i in range(iterations)]
 
 
 class Schedule:
