@@ -54,11 +54,13 @@ FINAL_FULL_PASSES = 2
 # MINIBATCH_GROWTH times the previous, over the iterations before the final full passes; all of them
 # together at most MINIBATCH_FRACTION of the particles (else each is scaled down alike), so a default run
 # of N particles searches at most 3 N (10^6 particles, K = 200: 2.40 N, as cryoSPARC's 20 x 100 x K + 2 N).
-# Half of N instead lost 0.10 of the purity on 4000 SLICEM particles at SNR 0.05 (benchmarks/bench_minibatch.py).
+# Half of N instead lost 0.10 of the purity on 4000 SLICEM particles at SNR 0.05 (benchmarks/bench_minibatch.py),
+# and so did subsets scaled below MINIBATCH_LEAST_PER_CLASS per class: automatic mini-batches need at least that.
 MINIBATCH_PER_CLASS = 100
 MINIBATCH_ITERATIONS = ITERATIONS - FINAL_FULL_PASSES
 MINIBATCH_GROWTH = 1.25
 MINIBATCH_FRACTION = 1.0
+MINIBATCH_LEAST_PER_CLASS = 50
 # Automatic new_class_members: never fewer than this many misfits seed a class.
 NEW_CLASS_LEAST = 10
 
