@@ -2,12 +2,12 @@
 
 ``quality``: the hard test sets of ``bench_classification.py`` (SLICEM at SNR 0.02 / 0.05, phantom
 near-duplicate pairs, one rare view), random starts (``--seeds``), ``--iterations`` full passes against
-the default schedule's mini-batches (forced, ``--per-class`` particles per class at most), per run and
-the mean per set.
+the default schedule (automatic mini-batches, ``--per-class`` particles per class at first; the set must
+be large enough for them, about 1000 K: 10 000 particles at K = 10), per run and the mean per set.
 ``speed``: one large-ish set (``--large`` particles, ``--large-classes``, ``--large-box`` px) with the
 default (automatic) mini-batches against ``--no-minibatch``, timed in the same process.
 Prints a table and one JSON line.
-Usage: python benchmarks/bench_minibatch.py [--parts quality speed] [--particles 1500] [--seeds 1 2 3]
+Usage: python benchmarks/bench_minibatch.py [--parts quality speed] [--particles 10000] [--seeds 1 2 3]
        [--per-class 100] [--iterations 10] [--large 20000] [--large-classes 50] [--large-box 32] [--threads N]
 """
 import argparse
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from cryoralign_plugin.engine import align, synthetic
+from cryoralign_plugin.engine import align, minibatch, synthetic
 from cryoralign_plugin.engine.settings import Settings
 
 SETS = {   # name: (reference source, views = K, SNR, rare view), as bench_classification.py
@@ -50,11 +50,13 @@ def quality(args, rows):
     for name in args.sets:
         source, k, snr, rare = SETS[name]
         images, truth = dataset(source, k, args.box, args.particles, snr, rare)
+        if not minibatch.enabled(Settings(minibatch_per_class=args.per_class), args.particles, k):
+            raise SystemExit("%d particles, K = %d: too few for automatic mini-batches" % (args.particles, k))
         differences = []
         for seed in args.seeds:
             same = dict(seed=seed, threads=args.threads, iterations=args.iterations)
             full = classify(images, truth, k, minibatch=False, **same)
-            mini = classify(images, truth, k, minibatch=True, minibatch_per_class=args.per_class, **same)
+            mini = classify(images, truth, k, minibatch=None, minibatch_per_class=args.per_class, **same)
             row = {"part": "quality", "set": name, "seed": seed, "full": full, "minibatch": mini,
                    "difference": mini["purity"] - full["purity"]}
             rows.append(row)
@@ -86,7 +88,7 @@ def speed(args, rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", default=["quality", "speed"], choices=["quality", "speed"])
-    parser.add_argument("--particles", type=int, default=1500)
+    parser.add_argument("--particles", type=int, default=10000)
     parser.add_argument("--box", type=int, default=64)
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
