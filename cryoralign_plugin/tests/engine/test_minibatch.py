@@ -212,7 +212,8 @@ def test_too_few_iterations_for_forced_mini_batches_are_refused_before_anything_
 def test_mini_batches_classify_a_hard_set_as_well_as_full_passes():
     """4000 SLICEM particles at SNR 0.05, K = 4, random start 1: the smallest N for which the default
     schedule is automatic at K = 4 (its first subset, scaled to fit N, holds 50 per class), so 8
-    growing subsets then 2 full passes, 3 N searches against 10 N.  Measured: MEASURED."""
+    growing subsets then 2 full passes, 3 N searches against 10 N.  Measured: 0.9925 against 0.981 for
+    full passes (+0.012); ~3 min on this shared 2-core machine at load 8."""
     views = synthetic.make_references("slicem", 4, 64, seed=0)
     images, truth, _ = synthetic.make_particles(views, 4000, 0.05, seed=0)
     assert minibatch.enabled(Settings(), 4000, 4)
@@ -222,7 +223,6 @@ def test_mini_batches_classify_a_hard_set_as_well_as_full_passes():
                                              log=quiet)
         purity[switch] = synthetic.purity(result.classes, truth)
         assert sum(row["searched"] for row in result.history) == (40000 if switch is False else 12000)
-    print(purity)
     assert purity[None] >= purity[False] - 0.02
 
 
