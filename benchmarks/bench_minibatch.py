@@ -8,7 +8,7 @@ be large enough for them, about 1000 K: 10 000 particles at K = 10), per run and
 default (automatic) mini-batches against ``--no-minibatch``, timed in the same process.
 Prints a table and one JSON line.
 Usage: python benchmarks/bench_minibatch.py [--parts quality speed] [--particles 10000] [--seeds 1 2 3]
-       [--per-class 100] [--iterations 10] [--large 20000] [--large-classes 50] [--large-box 32] [--threads N]
+       [--per-class 100] [--iterations 10] [--large 20000] [--large-classes 20] [--large-box 32] [--threads N]
 """
 import argparse
 import json
@@ -95,7 +95,7 @@ def main(argv=None):
     parser.add_argument("--per-class", type=int, default=Settings().minibatch_per_class)
     parser.add_argument("--iterations", type=int, default=Settings().iterations)
     parser.add_argument("--large", type=int, default=20000)
-    parser.add_argument("--large-classes", type=int, default=50)
+    parser.add_argument("--large-classes", type=int, default=20)   # automatic from ~1000 K particles
     parser.add_argument("--large-box", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
