@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import images as imgops
-from . import criteria, ctf_correction, downsample, outputs, references, refine, search
+from . import criteria, ctf_correction, downsample, outputs, references, refine, search, selfbias
 from .errors import InputError
 from .geometry import MIRROR, PSI, SX, SY, center_offsets, shift_grid
 
@@ -67,6 +67,12 @@ class Context:
         self.share = comm.local_slice(source.count)   # this rank's rows of an allgathered array
         self.correction = ctf_correction.resolve(settings, source)
         log(self.correction.describe())
+
+    def probe(self):
+        """The run's :class:`~.selfbias.NoiseProbe` (built on first use)."""
+        if getattr(self, "_probe", None) is None:
+            self._probe = selfbias.NoiseProbe(self.backend, self.grid, self.source.box, self.radius)
+        return self._probe
 
     def subset(self, active):
         """This context over the particles ``active`` only (sorted global indices; None: all), split
@@ -147,13 +153,13 @@ def search_pass(ctx, refs, params):
     return search.Candidates.concatenate([found[i] for i in sorted(found)] or [search.Candidates.empty(len(refs))])
 
 
-def choose(ctx, cand, n_classes, balanced):
-    """The chosen candidate (column) of each particle ``ctx`` searched on this rank: its best, or with
-    ``balanced`` the equal-size assignment over every rank's candidates (``(N, C)`` gathered, C
-    independent of K)."""
+def choose(ctx, cand, ranking, n_classes, balanced):
+    """The chosen candidate (column) of each particle ``ctx`` searched on this rank: its best by
+    ``ranking`` (its candidates' scores, best first), or with ``balanced`` the equal-size assignment
+    over every rank's candidates (``(N, C)`` gathered, C independent of K)."""
     if not balanced:
         return np.zeros(len(cand.score), np.int64)   # candidates are best first; ties: the lower class
-    slot = references.balanced_assignment(ctx.comm.allgather(cand.reference), ctx.comm.allgather(cand.score),
+    slot = references.balanced_assignment(ctx.comm.allgather(cand.reference), ctx.comm.allgather(ranking),
                                           n_classes)
     return slot[ctx.share]
 
@@ -260,7 +266,12 @@ def iterate(ctx, state, reseed, out_dir=None, subsets=None):
         subset = subsets(iteration) if subsets is not None else None
         part = ctx.subset(subset)   # the particles this iteration searches
         cand = search_pass(part, state.references, state.params)
-        slot = choose(part, cand, n_classes, reseed and n_classes > 1 and iteration <= balanced)
+        ranking = cand.score
+        if settings.debias and reseed and n_classes > 1:   # each particle's own noise out of its class's score
+            sizes = np.bincount(state.classes[state.classes >= 0], minlength=n_classes)
+            bias = ctx.probe().self_bias(state.references, state.cutoffs, sizes)
+            cand, ranking = selfbias.debiased(cand, state.classes[part.local], bias)
+        slot = choose(part, cand, ranking, n_classes, reseed and n_classes > 1 and iteration <= balanced)
         rows = np.arange(len(slot))
         choice = cand.reference[rows, slot]
         local = search.candidate_params(cand, slot, ctx.shifts, ctx.grid)
@@ -270,7 +281,7 @@ def iterate(ctx, state, reseed, out_dir=None, subsets=None):
         params = part.gather(state.params, local)
         scores = part.gather(state.scores, local_scores)
         classes = part.gather(state.classes, choice.astype(np.int64))
-        margins = comm.allgather(criteria.margins(cand.score))
+        margins = comm.allgather(criteria.margins(ranking))
         searched = slice(None) if subset is None else subset
         assigned = classes >= 0
         events = []
