@@ -186,7 +186,7 @@ def class_references(ctx, params, classes, counts, max_cutoff=references.MAX_CUT
     n_classes = len(counts)
     if ctx.correction.mode == "wiener":
         averages, curves = ctf_correction.wiener_averages(
-            *ctf_correction.wiener_pass(ctx, params, classes, n_classes), counts)
+            *ctf_correction.wiener_pass(ctx, params, classes, n_classes), counts, ctx.radius)
         return references.finish(averages, curves, ctx.radius, ctx.settings.center, max_cutoff)
     if sums is None:
         sums = average_pass(ctx, params, classes, n_classes)
