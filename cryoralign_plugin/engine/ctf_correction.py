@@ -24,11 +24,11 @@ columns, else ``none``):
   backends.  ``SSNR_k`` comes from the FRC of the two half sets, whitened by their weights
   (:func:`whitened_frc`), as ``2 FRC / (1 - FRC)``, within the particle mask (a soft disc at the
   mask radius): the noise outside the particle is no part of the average's signal-to-noise ratio
-  there (unmasked, it lowered the SSNR estimate and over-smoothed the averages: on the issue's
-  data with the true parameters 7.06 A -> 6.88 A median FRC-0.5 against the true views).
+  there (unmasked, it lowered the SSNR estimate and over-smoothed the averages: with the true
+  parameters on bench_ctf_accuracy's data, 7.06 A -> 6.88 A median FRC-0.5 against the true views).
 
-Each particle is flipped once per run (:class:`FlippedSource`, kept in the run folder's
-:class:`~.image_cache.ImageCache`) and its |CTF|-weighted image too (:class:`WeightedSource`): the
+Each particle is flipped once per run (:func:`search_source`, kept in the run folder's
+:class:`~.image_cache.ImageCache`) and its |CTF|-weighted image too (:func:`weighted_source`): the
 passes of every iteration then read them as a run without CTF reads its particles, and the CTF
 work left per iteration is ``W_k`` (it depends on the parameters).
 Particles whose data are already phase-flipped (``rlnCtfDataArePhaseFlipped``) are never flipped
@@ -354,7 +354,7 @@ class _Derived(ParticleSource):
         super().__init__(count=source.count, box=source.box, ids=source.ids, names=source.names,
                          pixel_size=source.pixel_size, ctf=source.ctf)
         self.input, self._derive = source, derive
-        self.cache = ImageCache(self.count, self.box, cache_dir, prefix)
+        self.cache = ImageCache(self.count, cache_dir, prefix)
 
     @property
     def prior(self):

@@ -216,7 +216,7 @@ class CroppedSource(ParticleSource):
         super().__init__(count=source.count, box=box, ids=source.ids, names=source.names,
                          pixel_size=None if pixel_size is None else pixel_size * self.factor, ctf=ctf)
         self.threads = max(1, int(threads or os.cpu_count() or 1))
-        self.cache = ImageCache(self.count, box, cache_dir, ".cropped-")
+        self.cache = ImageCache(self.count, cache_dir, ".cropped-")
 
     @property
     def prior(self):

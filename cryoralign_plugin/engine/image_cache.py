@@ -16,10 +16,11 @@ import numpy as np
 
 
 class ImageCache:
-    """Images ``(box, box)`` float32 of ``count`` particles, kept in an unlinked file in ``cache_dir``."""
+    """Images (float32, all of one size) of ``count`` particles, kept in an unlinked file in ``cache_dir``
+    whose name starts with ``prefix``."""
 
-    def __init__(self, count, box, cache_dir, prefix):
-        self.box, self.prefix = int(box), prefix
+    def __init__(self, count, cache_dir, prefix):
+        self.prefix = prefix
         self._dir = cache_dir
         self._usable = cache_dir is not None   # False once the file could not be written
         self._file = None
