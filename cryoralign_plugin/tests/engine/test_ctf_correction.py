@@ -360,6 +360,17 @@ def test_the_ssnr_is_estimated_within_the_particle_mask(small):
     whole = np.ones((48, 48))
     assert np.abs(cc.masked_frc(noisy, weights, whole, rings, 35) - clean_frc)[1:25].mean() > 0.1
     assert clean_frc[1:10].min() > 0.9                          # SNR 1: the halves agree at low frequency
+    # and the averages use it: their filter does not change with the noise outside the mask, so they
+    # are linear in it (A(s + 2 n) - A(s) = 2 (A(s + n) - A(s))); a whole-box SSNR would not be
+    counts = references.class_counts(classes, np.arange(len(images)) % 2, 3)
+    extra = np.rint(noisy - sums) * imgops.FIXED_POINT
+    with_noise = lambda times, radius: cc.wiener_averages(
+        num + (np.arange(3) == 0)[:, None, None, None] * (times * extra).astype(np.int64), w, counts, radius)[0][0]
+    for radius, linear in ((ctx.radius, True), (1000, False)):
+        base = with_noise(0, radius)
+        once, twice = with_noise(1, radius) - base, with_noise(2, radius) - base
+        error = np.abs(twice - 2 * once).max() / np.abs(once).max()
+        assert (error < 1e-3) if linear else (error > 0.05), (radius, error)
 
 
 # ---------------------------------------------------------------------------------------------
