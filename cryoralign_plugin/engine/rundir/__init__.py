@@ -30,7 +30,7 @@ Before a run writes anything, rank 0 claims its output folder (:func:`claim`):
 
    Hidden entries (names starting with ``.``, e.g. ``.DS_Store`` or an NFS ``.nfs*``) that are not
    the run's own temporary files are harmless: they neither make a folder "not empty" nor are ever
-   removed.  ``--overwrite`` removes only the files a run owns (:func:`~.outputs.owned`):
+   removed.  ``--overwrite`` removes only the files a run owns (:func:`~..outputs.owned`):
    ``particles.star`` first (it marks completion), then the checkpoints, then the rest, and then
    writes the new manifest; anything else in the folder stays.  A refused run writes nothing at all.
 

@@ -12,16 +12,15 @@ from .. import ctf_correction
 from ..files import json_text
 from .inputs import digest, fingerprint
 
-
 MANIFEST_FORMAT = 1
 PROGRAM = "cryoralign-engine"
 # Settings that cannot change the result: free to differ on --continue, so not in the manifest.
 FREE_SETTINGS = ("iterations", "auto_stop", "stop_fraction", "backend", "gpu", "threads", "batch_size")
 # Settings that only multireference alignment uses.
 MRA_SETTINGS = ("min_members", "balanced_iterations")
-# Settings that only a growing run (mra --grow, :mod:`.grow`) uses.
+# Settings that only a growing run (mra --grow, :mod:`..grow`) uses.
 GROW_SETTINGS = ("grow_iterations", "final_iterations", "new_class_members")
-# What differs between the batches of a growing run: its input grows (whose prefix :mod:`.grow` checks),
+# What differs between the batches of a growing run: its input grows (whose prefix :mod:`..grow` checks),
 # the record of its batches, and the automatic minimum class size, which follows the particle count.
 GROWING_FIELDS = ("input", "growth")
 GROWING_SETTINGS = ("min_members",)
@@ -32,7 +31,7 @@ def manifest(command, settings, source, radius, n_classes, start, internal_box=N
     """The manifest of a run (a JSON-ready dict).
 
     ``source`` is the input as given; ``settings``, ``radius`` and ``internal_box`` (default: the
-    input box) are those the run works with (:func:`~.downsample.plan`), its checkpoints being there.
+    input box) are those the run works with (:func:`~..downsample.plan`), its checkpoints being there.
 
     ``start`` says how the references start: ``{"classes": K, "seed": S}`` (random particles) or
     ``{"references": array}`` (given; stored as its digest); ``{}`` for reference-free alignment.

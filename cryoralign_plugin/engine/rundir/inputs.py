@@ -7,7 +7,6 @@ import numpy as np
 
 from ..errors import InputError
 
-
 SAMPLED_IMAGES = 3   # images hashed at each end and in the middle of the input
 
 

@@ -1,7 +1,7 @@
 """Synthetic particle stacks with known ground truth (class, rotation, shift, mirror).
 
 Tests, the demo and the benchmarks need particles whose answer is known.  A particle's true
-parameters follow the engine convention of :mod:`.geometry`: they bring the particle into register
+parameters follow the engine convention of :mod:`..geometry`: they bring the particle into register
 with its reference, ``transform(clean_particle, truth) ~ reference``.  So a clean particle is made
 as ``transform(reference, inverse(truth))`` and white noise is added on top.
 

@@ -4,7 +4,6 @@ import numpy as np
 from .conventions import _standardise, _stream
 from .phantoms import _phantom_blobs, _project
 
-
 POLE = np.array([0.0, 0.0, 1.0])    # the continuous sets are centered on the phantom's z axis
 
 

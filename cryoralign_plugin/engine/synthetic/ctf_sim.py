@@ -6,7 +6,6 @@ import numpy as np
 from .. import ctf as ctf_model
 from .parameters import class_labels
 
-
 CTF_CHUNK = 512          # particles CTF-modulated at a time (padded float64 temporaries)
 CTF_KEYS = ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast",
             "phase_shift", "bfactor")   # the per-particle arrays ctf.ctf_images takes

@@ -10,7 +10,6 @@ from .phantoms import phantom_pairs, phantom_views
 from .slicem import slicem_references
 from .truth_files import CTF_TRUTH_COLUMNS, TRUTH_COLUMNS, _direction_angles
 
-
 OPTICS_COLUMNS = ["rlnOpticsGroup", "rlnOpticsGroupName", "rlnVoltage", "rlnSphericalAberration",
                   "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize", "rlnImageDimensionality",
                   "rlnCtfDataArePhaseFlipped"]

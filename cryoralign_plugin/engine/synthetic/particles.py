@@ -7,7 +7,6 @@ from .conventions import _stream, default_radius
 from .ctf_sim import _apply_ctf_inplace
 from .parameters import class_labels, random_parameters
 
-
 CHUNK = 2048             # particles transformed / noised at a time: bounds temporary memory
 
 

@@ -4,7 +4,6 @@ import numpy as np
 from .conventions import _standardise, _stream
 from .similarity import SIMILARITY_BOX, most_distinct, pick_views, rotational_similarity
 
-
 PHANTOM_CANDIDATES = 256  # random view directions the distinct views are chosen from
 
 

@@ -3,7 +3,6 @@ import numpy as np
 
 from .conventions import default_radius
 
-
 SIMILARITY_BOX = 32      # views are compared at this size: large-scale shape is what survives noise
 SIMILARITY_ANGLES = 72   # in-plane rotations tried (5 degree steps) when comparing two views
 

@@ -1,7 +1,6 @@
 """The ``truth.star`` of a data set: its columns, and readers of classes, parameters, CTF and directions."""
 import numpy as np
 
-
 TRUTH_COLUMNS = ["rlnImageId", "rlnClassNumber", "rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnIsFlip"]
 CTF_TRUTH_COLUMNS = [("rlnOpticsGroup", "optics_group"), ("rlnDefocusU", "defocus_u"),
                      ("rlnDefocusV", "defocus_v"), ("rlnDefocusAngle", "defocus_angle"),
