@@ -51,6 +51,7 @@ from cryoralign_plugin.engine.mrc import read_stack
 from cryoralign_plugin.engine.geometry import largest_radius
 from cryoralign_plugin.engine.settings import SHIFT_RANGE, Settings
 from cryoralign_plugin.engine.sources import StarSource
+from cryoralign_plugin.engine.synthetic.slicem import _fourier_resize
 
 PIXEL_SIZE = 2.0
 DEFOCUS_RANGE = (0.8, 3.0)   # um
@@ -81,9 +82,9 @@ def soft_disc(box, radius, edge=SOFT_EDGE):
 def rotate_fine(image, psi, mirror):
     """``image`` rotated by ``psi`` (and mirrored), on a 2x Fourier-upsampled grid then cropped back."""
     box = image.shape[-1]
-    up = synthetic._fourier_resize(image[None], 2 * box)
+    up = _fourier_resize(image[None], 2 * box)
     moved = imgops.transform(up, [[psi, 0.0, 0.0, float(mirror)]])
-    return synthetic._fourier_resize(moved, box)[0].astype(np.float64)
+    return _fourier_resize(moved, box)[0].astype(np.float64)
 
 
 def shifted(image, dx, dy):
