@@ -28,6 +28,7 @@ from cryoralign_plugin.engine import images as imgops
 from cryoralign_plugin.engine.ctf_correction import class_frame_angles
 from cryoralign_plugin.engine.geometry import largest_radius
 from cryoralign_plugin.engine.settings import SHIFT_RANGE
+from cryoralign_plugin.engine.synthetic.slicem import _fourier_resize
 
 BOX = 96
 UPSAMPLING = 4
@@ -40,10 +41,10 @@ def ring_sum(values, rings, n_rings):
 
 def moved_back(images, truth):
     """Particles brought onto their views (``transform(particle, truth)``) on an upsampled grid."""
-    big = synthetic._fourier_resize(images, UPSAMPLING * BOX)
+    big = _fourier_resize(images, UPSAMPLING * BOX)
     params = np.array(truth, np.float64)
     params[:, 1:3] *= UPSAMPLING
-    return synthetic._fourier_resize(imgops.transform(big, params), BOX)
+    return _fourier_resize(imgops.transform(big, params), BOX)
 
 
 def bound(views, classes, ctf2, transfer, noise, soft):
