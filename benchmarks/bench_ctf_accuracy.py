@@ -33,7 +33,7 @@ Issue's targets: median FRC-0.5 resolution <= 4.5 A, median normalised correlati
 accuracy with the true views >= 0.99, purity >= 0.99 (before CTF correction: 19.2 A and 0.80).
 Prints a table and one JSON line.
 Usage: python benchmarks/bench_ctf_accuracy.py [--particles 3000] [--box 96] [--snr 0.05]
-       [--iterations 10] [--modes none flip wiener] [--seed 1] [--threads N] [--quick]
+       [--iterations 10] [--modes none flip wiener] [--seed 1] [--threads N] [--max-resolution A] [--quick]
 """
 import argparse
 import json
@@ -51,6 +51,7 @@ from cryoralign_plugin.engine.mrc import read_stack
 from cryoralign_plugin.engine.geometry import largest_radius
 from cryoralign_plugin.engine.settings import SHIFT_RANGE, Settings
 from cryoralign_plugin.engine.sources import StarSource
+from cryoralign_plugin.engine.synthetic.slicem import _fourier_resize
 
 PIXEL_SIZE = 2.0
 DEFOCUS_RANGE = (0.8, 3.0)   # um
@@ -81,9 +82,9 @@ def soft_disc(box, radius, edge=SOFT_EDGE):
 def rotate_fine(image, psi, mirror):
     """``image`` rotated by ``psi`` (and mirrored), on a 2x Fourier-upsampled grid then cropped back."""
     box = image.shape[-1]
-    up = synthetic._fourier_resize(image[None], 2 * box)
+    up = _fourier_resize(image[None], 2 * box)
     moved = imgops.transform(up, [[psi, 0.0, 0.0, float(mirror)]])
-    return synthetic._fourier_resize(moved, box)[0].astype(np.float64)
+    return _fourier_resize(moved, box)[0].astype(np.float64)
 
 
 def shifted(image, dx, dy):
@@ -191,7 +192,8 @@ def true_alignment_averages(source, mode, args, truth_classes, truth):
 
 
 def settings_for(mode, args, **extra):
-    options = dict(ctf=mode, iterations=args.iterations, threads=args.threads, seed=args.seed)
+    options = dict(ctf=mode, iterations=args.iterations, threads=args.threads, seed=args.seed,
+                   max_resolution=args.max_resolution)
     options.update(extra)
     return Settings(**options)
 
@@ -205,6 +207,8 @@ def main(argv=None):
     ap.add_argument("--modes", nargs="+", default=["none", "flip", "wiener"], choices=["none", "flip", "wiener"])
     ap.add_argument("--seed", type=int, default=1, help="the random particles the K classes start from")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--max-resolution", type=float, default=None,
+                    help="A, the run's (default: automatic, which searches 96 px at 2 A/px in a 64 px internal box)")
     ap.add_argument("--quick", action="store_true", help="smaller: 1000 particles of 64 px, 5 iterations")
     args = ap.parse_args(argv)
     args.particles = args.particles or (1000 if args.quick else 3000)

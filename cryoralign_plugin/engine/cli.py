@@ -178,6 +178,9 @@ def build_parser():
     mra.add_argument("--balanced-iterations", type=int, default=d.balanced_iterations,
                      help="equal-size assignment for this many first iterations (default: automatic, the "
                           "first 5, whatever --iterations is, so that extending a run keeps its schedule)")
+    mra.add_argument("--no-debias", dest="debias", action="store_false", default=d.debias,
+                     help="keep each particle's own noise in its score against its class's reference (default: "
+                          "it is taken off, so particles are not held in the class they are in)")
     g = mra.add_argument_group("mini-batch iterations (large sets)")
     switch = g.add_mutually_exclusive_group()
     switch.add_argument("--minibatch", dest="minibatch", action="store_const", const=True, default=d.minibatch,

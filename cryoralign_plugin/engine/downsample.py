@@ -14,13 +14,13 @@ pixels (divided by ``factor = box / internal_box``); outputs go back to input pi
 import dataclasses
 import math
 import os
-import tempfile
 
 import numpy as np
 
 from . import search
 from .errors import InputError
 from .geometry import SX, SY, largest_radius, polar_grid, sampling_limit
+from .image_cache import ImageCache
 from .images import fourier_crop
 from .settings import AUTO_MASK_RADIUS, MAX_RESOLUTION, MIN_MASK_RADIUS, SHIFT_RANGE, SHIFT_STEP
 from .sources import ParticleSource
@@ -201,11 +201,9 @@ class CroppedSource(ParticleSource):
     shifts and each particle's CTF pixel size scaled by the factor, the CTF itself (A) kept, so that
     the CTF correction computes the CTF of the cropped images.
 
-    With a ``cache_dir`` (the run's output folder: a run writes nowhere else) each particle is
-    cropped once: the cropped images are kept in an unlinked temporary file there (``box^2 x 4``
-    bytes per particle read, so a run's later passes read small images instead of cropping large ones
-    again; page cache, not the process's memory).  Without one, before that folder exists, or where
-    the file cannot be written (disk full), particles are cropped on every read instead.
+    With a ``cache_dir`` (the run's output folder) each particle is cropped once and kept there
+    (:class:`~.image_cache.ImageCache`), so a run's later passes read small images instead of
+    cropping large ones again; without one particles are cropped on every read.
     """
 
     def __init__(self, source, box, threads=None, cache_dir=None):
@@ -218,10 +216,7 @@ class CroppedSource(ParticleSource):
         super().__init__(count=source.count, box=box, ids=source.ids, names=source.names,
                          pixel_size=None if pixel_size is None else pixel_size * self.factor, ctf=ctf)
         self.threads = max(1, int(threads or os.cpu_count() or 1))
-        self._cache_dir = cache_dir
-        self._cache = cache_dir is not None   # False once the cache file could not be written
-        self._file = None
-        self._cached = np.zeros(self.count, bool)
+        self.cache = ImageCache(self.count, cache_dir, ".cropped-")
 
     @property
     def prior(self):
@@ -233,37 +228,20 @@ class CroppedSource(ParticleSource):
         return out
 
     def _fill(self, out, idx):
-        have = self._cached[idx] if self._cache else np.zeros(idx.size, bool)
-        for k in np.flatnonzero(have):
-            os.preadv(self._file.fileno(), [out[k]], int(idx[k]) * out[k].nbytes)
-        todo = np.flatnonzero(~have)
-        step = max(1, CHUNK_BYTES // (4 * self.input.box ** 2))
-        for lo in range(0, todo.size, step):
-            rows = todo[lo:lo + step]
-            out[rows] = fourier_crop(self.input.read(idx[rows], check_finite=False), self.box, self.threads)
-        if self._cache and todo.size:
-            self._store(out[todo], idx[todo])
+        self.cache.fill(out, idx, lambda rows: self._crop(idx[rows]))
 
-    def _store(self, images, idx):
-        if not os.path.isdir(self._cache_dir):   # not created yet (before the run claims it)
-            return
-        try:
-            if self._file is None:
-                self._file = tempfile.TemporaryFile(prefix=".cropped-", dir=self._cache_dir)
-            for image, i in zip(images, idx):
-                os.pwrite(self._file.fileno(), np.ascontiguousarray(image).data, int(i) * image.nbytes)
-            self._cached[idx] = True
-        except OSError:           # no room for the cache: crop on every read
-            self._cache = False
-            self.close()
+    def _crop(self, idx):
+        out = np.empty((idx.size, self.box, self.box), np.float32)
+        step = max(1, CHUNK_BYTES // (4 * self.input.box ** 2))
+        for lo in range(0, idx.size, step):
+            out[lo:lo + step] = fourier_crop(self.input.read(idx[lo:lo + step], check_finite=False), self.box,
+                                             self.threads)
+        return out
 
     def close(self):
         """Close the input's files and drop the cache."""
         self.input.close()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            self._cached[:] = False
+        self.cache.close()
 
     def _origin(self):
         return "%r cropped" % (self.input,)

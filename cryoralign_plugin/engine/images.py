@@ -17,6 +17,14 @@ def circular_mask(box, radius):
     return x * x + y * y <= radius * radius
 
 
+def soft_mask(box, radius, edge):
+    """Disc of ``radius`` pixels around the center with a raised-cosine edge ``edge`` px wide inside
+    it (1 up to ``radius - edge``, 0 from ``radius`` on), float64."""
+    y, x = np.indices((box, box)) - box // 2
+    t = np.clip((np.hypot(x, y) - (radius - edge)) / max(edge, 1e-9), 0.0, 1.0)
+    return 0.5 + 0.5 * np.cos(np.pi * t)
+
+
 @njit(cache=True, parallel=True)
 def _normalise(images, inside, out, sigma):
     for i in prange(images.shape[0]):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import images as imgops
-from . import criteria, ctf_correction, downsample, outputs, references, refine, search
+from . import criteria, ctf_correction, downsample, outputs, references, refine, search, selfbias
 from .errors import InputError
 from .geometry import MIRROR, PSI, SX, SY, center_offsets, shift_grid
 
@@ -44,15 +44,19 @@ class Context:
     The run works at the internal box (:func:`~.downsample.plan`): ``source`` gives the particles
     Fourier-cropped there and ``settings`` holds radius and shifts in internal px; ``input_source``
     and ``input_settings`` are as given, and :meth:`at_input_box` is the final pass's view of them.
-    ``cache_dir`` (the run's output folder) keeps the cropped particles (:class:`~.downsample.CroppedSource`).
+    ``images`` are the particles as the search reads them (cropped, phase-flipped with CTF correction)
+    and ``weighted`` the Wiener numerator's (:mod:`.ctf_correction`); ``cache_dir`` (the run's output
+    folder) keeps them, each derived once per run (:mod:`.image_cache`).
     """
 
     def __init__(self, source, settings, comm, backend, log, cache_dir=None):
         self.comm, self.backend, self.log = comm, backend, log
         self.input_source, self.input_settings = source, settings
         self.scale, self.grid = downsample.checked_plan(source.box, getattr(source, "pixel_size", None), settings)
-        if self.scale.crops:
-            source = downsample.CroppedSource(source, self.scale.internal_box, settings.threads, cache_dir)
+        flips = ctf_correction.resolve_mode(settings.ctf, getattr(source, "ctf", None) is not None)[0] != "none"
+        if self.scale.crops:   # cropped particles are kept unless the flipped ones are
+            source = downsample.CroppedSource(source, self.scale.internal_box, settings.threads,
+                                              None if flips else cache_dir)
         if self.scale.pixel_size is not None or self.scale.crops:
             log(self.scale.describe())
         settings = self.scale.internal(settings)
@@ -67,6 +71,19 @@ class Context:
         self.share = comm.local_slice(source.count)   # this rank's rows of an allgathered array
         self.correction = ctf_correction.resolve(settings, source)
         log(self.correction.describe())
+        self._derived(cache_dir)
+
+    def _derived(self, cache_dir):
+        self.images = ctf_correction.search_source(self.source, self.correction, cache_dir)
+        self.weighted = None
+        if self.correction.mode == "wiener":
+            self.weighted = ctf_correction.weighted_source(self.images, self.correction, self.radius, cache_dir)
+
+    def probe(self):
+        """The run's :class:`~.selfbias.NoiseProbe` (built on first use)."""
+        if getattr(self, "_probe", None) is None:
+            self._probe = selfbias.NoiseProbe(self.backend, self.grid, self.source.box, self.radius)
+        return self._probe
 
     def subset(self, active):
         """This context over the particles ``active`` only (sorted global indices; None: all), split
@@ -98,6 +115,7 @@ class Context:
         full.settings = dataclasses.replace(self.settings, radius=None, shift_range=None, shift_step=None,
                                             batch_size=max(1, int(self.settings.batch_size / factor ** 2)))
         full.correction = ctf_correction.resolve(self.input_settings, self.input_source)
+        full._derived(None)   # one pass: nothing to keep
         return full
 
     def batches(self):
@@ -107,7 +125,7 @@ class Context:
 
     def read(self, indices):
         """The particles as the search sees them: phase-flipped (CTF correction flip or wiener), normalised."""
-        return imgops.normalise(self.correction.for_search(self.source.read(indices), indices), self.radius, indices)
+        return imgops.normalise(self.images.read(indices), self.radius, indices)
 
 
 def search_pass(ctx, refs, params):
@@ -147,13 +165,13 @@ def search_pass(ctx, refs, params):
     return search.Candidates.concatenate([found[i] for i in sorted(found)] or [search.Candidates.empty(len(refs))])
 
 
-def choose(ctx, cand, n_classes, balanced):
-    """The chosen candidate (column) of each particle ``ctx`` searched on this rank: its best, or with
-    ``balanced`` the equal-size assignment over every rank's candidates (``(N, C)`` gathered, C
-    independent of K)."""
+def choose(ctx, cand, ranking, n_classes, balanced):
+    """The chosen candidate (column) of each particle ``ctx`` searched on this rank: its best by
+    ``ranking`` (its candidates' scores, best first), or with ``balanced`` the equal-size assignment
+    over every rank's candidates (``(N, C)`` gathered, C independent of K)."""
     if not balanced:
         return np.zeros(len(cand.score), np.int64)   # candidates are best first; ties: the lower class
-    slot = references.balanced_assignment(ctx.comm.allgather(cand.reference), ctx.comm.allgather(cand.score),
+    slot = references.balanced_assignment(ctx.comm.allgather(cand.reference), ctx.comm.allgather(ranking),
                                           n_classes)
     return slot[ctx.share]
 
@@ -174,7 +192,7 @@ def class_references(ctx, params, classes, counts, max_cutoff=references.MAX_CUT
     n_classes = len(counts)
     if ctx.correction.mode == "wiener":
         averages, curves = ctf_correction.wiener_averages(
-            *ctf_correction.wiener_pass(ctx, params, classes, n_classes), counts)
+            *ctf_correction.wiener_pass(ctx, params, classes, n_classes), counts, ctx.radius)
         return references.finish(averages, curves, ctx.radius, ctx.settings.center, max_cutoff)
     if sums is None:
         sums = average_pass(ctx, params, classes, n_classes)
@@ -260,7 +278,12 @@ def iterate(ctx, state, reseed, out_dir=None, subsets=None):
         subset = subsets(iteration) if subsets is not None else None
         part = ctx.subset(subset)   # the particles this iteration searches
         cand = search_pass(part, state.references, state.params)
-        slot = choose(part, cand, n_classes, reseed and n_classes > 1 and iteration <= balanced)
+        ranking = cand.score
+        if settings.debias and reseed and n_classes > 1:   # each particle's own noise out of its class's score
+            sizes = np.bincount(state.classes[state.classes >= 0], minlength=n_classes)
+            bias = ctx.probe().self_bias(state.references, state.cutoffs, sizes)
+            cand, ranking = selfbias.debiased(cand, state.classes[part.local], bias)
+        slot = choose(part, cand, ranking, n_classes, reseed and n_classes > 1 and iteration <= balanced)
         rows = np.arange(len(slot))
         choice = cand.reference[rows, slot]
         local = search.candidate_params(cand, slot, ctx.shifts, ctx.grid)
@@ -270,7 +293,7 @@ def iterate(ctx, state, reseed, out_dir=None, subsets=None):
         params = part.gather(state.params, local)
         scores = part.gather(state.scores, local_scores)
         classes = part.gather(state.classes, choice.astype(np.int64))
-        margins = comm.allgather(criteria.margins(cand.score))
+        margins = comm.allgather(criteria.margins(ranking))
         searched = slice(None) if subset is None else subset
         assigned = classes >= 0
         events = []

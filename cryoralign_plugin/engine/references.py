@@ -21,7 +21,7 @@ def halves(sums, counts):
     return (sums / imgops.FIXED_POINT / np.maximum(counts, 1)[:, :, None, None]).astype(np.float32)
 
 
-def cutoff_cap(iteration, start=0.05, step=0.025):
+def cutoff_cap(iteration, start=0.05, step=0.05):
     """Highest filter cutoff allowed at ``iteration`` (1-based): a slowly opening resolution limit.
 
     Averages of particles aligned to noisy references reproduce that noise in both halves, so their

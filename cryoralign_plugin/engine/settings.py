@@ -85,6 +85,7 @@ class Settings:
     seed: int = 0
     min_members: Optional[int] = None          # re-seed classes smaller than this; None: N / (4 K), at least 2
     balanced_iterations: Optional[int] = None  # equal-size assignment for the first iterations; None: 5
+    debias: bool = True            # MRA: take a member's own noise out of its score against its class (selfbias.py)
     batch_size: int = 2048
     minibatch: Optional[bool] = None   # search growing random subsets first; None: automatic (minibatch.enabled)
     minibatch_per_class: int = MINIBATCH_PER_CLASS     # particles per class in the first subset (at most)

@@ -49,6 +49,11 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
                       expertLevel=params.LEVEL_ADVANCED, label='Minimum class size',
                       help='A class with fewer members takes over the worse-fitting half of '
                            'the largest class. -1: automatic, N / (4 K) but at least 2.')
+        form.addParam('debias', params.BooleanParam, default=DEFAULTS.debias, condition='not doContinue',
+                      expertLevel=params.LEVEL_ADVANCED, label='Remove the self-inclusion bias?',
+                      help='A class reference holds a share of each member\'s own noise, which lifts the '
+                           'member\'s score against its class and holds it there; Yes takes that expected '
+                           'lift off before the classes are chosen (helps random starts at low SNR).')
         form.addParam('seed', params.IntParam, default=DEFAULTS.seed, condition='not doContinue',
                       expertLevel=params.LEVEL_ADVANCED, label='Random seed',
                       help='Seeds the choice of random initial references; the same seed and input '
@@ -100,6 +105,8 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
             args = ['--classes', src.numberOfClasses.get(), '--seed', src.seed.get()]
         if src.minMembers.get() >= 0:  # else automatic: left to the engine
             args += ['--min-members', src.minMembers.get()]
+        if not src.debias.get():
+            args += ['--no-debias']
         return args + self._getMiniBatchArgs(src)
 
     def _validateInput(self, src, parts):

@@ -109,6 +109,9 @@ class CryoralignProtStream2D(CryoralignProtClassify2D):
     # --------------------------- STEPS functions -----------------------------------------------
     def classifyBatchStep(self, lastId, final):
         """Classify every particle up to ``lastId`` (growing the engine's run), then publish."""
+        if lastId == 0:   # closed before any particle arrived: the engine would only say its STAR is empty
+            raise ValueError('The input set of particles was closed while empty: there is nothing to classify; '
+                             'run this protocol on a set that receives particles.')
         parts = self._getInputParticles()
         n = convert.writeSetOfParticles(parts, self._getInputPath(INPUT_STAR),
                                         usePrior=self.usePriorAlignment.get(),

@@ -2,7 +2,7 @@
 (pwem's ProtImportParticles, importFrom RELION, which calls ``relion.convert.RelionImport``; no
 RELION binary is needed), then 2D classification with this plugin.
 
-The data are made locally by ``engine/synthetic.py`` (CTF-modulated particles with RELION 3.1
+The data are made locally by ``engine/synthetic/`` (CTF-modulated particles with RELION 3.1
 optics and particle CTF columns), never downloaded.
 """
 import importlib.util

@@ -11,6 +11,7 @@ from emtable import Table
 from pwem.objects import SetOfParticles
 from pwem.protocols import ProtCreateStreamData, ProtImportParticles
 from pwem.protocols.protocol_create_stream_data import SET_OF_PARTICLES
+from pyworkflow.object import Set
 from pyworkflow.protocol import getProtocolFromDb
 from pyworkflow.protocol.constants import MODE_RESUME
 from pyworkflow.tests import BaseTest, DataSet, setupTestProject
@@ -81,6 +82,27 @@ class TestStreamingForm(BaseTest):
         prot.numberOfClasses.set(FIRST + 1)
         self.assertIn("%d classes were requested for a first batch of %d particles" % (FIRST + 1, FIRST),
                       " ".join(prot.validate()))
+
+    def test_anInputClosedWhileEmptyFailsWithAClearMessage(self):
+        # A set's tables appear with its first item (Scipion writes no properties of a set that never
+        # had one), so the set closed while empty is one whose items are gone.
+        empty = SetOfParticles(filename=self.proj.getTmpPath("closed_empty.sqlite"))
+        empty.copyInfo(self.imp.outputParticles)
+        empty.append(self.imp.outputParticles.getFirstItem().clone())
+        empty.write()
+        empty._getMapper().deleteAll()
+        empty.setStreamState(Set.STREAM_CLOSED)
+        empty.write()
+        empty.close()
+        prot = self.newProtocol(CryoralignProtStream2D, inputParticles=empty, useGpu=False, numberOfClasses=3)
+        prot._scheduledId = 0
+        closed, lastId, arrived = prot._inputState()       # what the first poll sees: a batch to run
+        self.assertEqual((closed, lastId, arrived), (True, 0, 0))
+        with self.assertRaises(ValueError) as raised:
+            prot.classifyBatchStep(lastId, closed)
+        message = str(raised.exception)
+        self.assertIn("closed while empty", message)
+        self.assertNotIn("\n", message)
 
 
 @slow

@@ -39,10 +39,10 @@ def ctf_particles(views, n, snr, seed, **sim):
     return images, classes, params, columns_of(truth)
 
 
-def context(images, columns, mode, threads=2, pixel_size=None, **settings):
+def context(images, columns, mode, threads=2, pixel_size=None, cache_dir=None, **settings):
     source = ArraySource(images, pixel_size=pixel_size, ctf=columns)
     return loop.Context(source, Settings(ctf=mode, threads=threads, **settings), parallel.Serial(),
-                        get_backend("cpu", threads), quiet)
+                        get_backend("cpu", threads), quiet, cache_dir)
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +230,22 @@ def test_the_search_reads_phase_flipped_particles_normalised_after_the_flip(smal
                                   imgops.normalise(images[batch], ctx.radius))
 
 
+def test_a_run_flips_and_weights_each_particle_once_and_reads_the_same_images_again(small, tmp_path):
+    views, images, classes, params, cols = small
+    cached = context(images, cols, "wiener", cache_dir=str(tmp_path))
+    fresh = context(images, cols, "wiener")                       # no folder: derived on every read
+    first, again = np.arange(10, 40), np.arange(0, 120, 7)
+    np.testing.assert_array_equal(cached.read(first), fresh.read(first))
+    np.testing.assert_array_equal(cached.read(again), fresh.read(again))   # partly from the cache
+    assert cached.images.cache.cached.sum() == len(np.union1d(first, again))
+    assert not fresh.images.cache.cached.any() and os.listdir(tmp_path) == []   # unlinked
+    # the Wiener numerator's images: the search's images times |CTF| (CTF from ctf_images)
+    weighted = cached.weighted.read(first)
+    want = np.fft.irfft2(np.fft.rfft2(fresh.read(first)) * np.abs(cols.images(first, 48)), s=(48, 48))
+    np.testing.assert_allclose(weighted, want, atol=2e-4)
+    np.testing.assert_array_equal(cached.weighted.read(first), weighted)
+
+
 def test_already_flipped_particles_are_never_flipped_twice(small):
     views, images, classes, params, cols = small
     n = len(images)
@@ -311,7 +327,7 @@ def test_wiener_averages_restore_the_amplitudes_that_flipping_leaves_ctf_weighte
                for mode in ("wiener", "flip")}
     yardstick = loop.class_references(context(clean, None, "none"), params, classes, counts)[2][0]
     ctx = context(images, cols, "wiener")
-    _, curves = cc.wiener_averages(*cc.wiener_pass(ctx, params, classes, 1), counts)
+    _, curves = cc.wiener_averages(*cc.wiener_pass(ctx, params, classes, 1), counts, ctx.radius)
     rings = np.arange(box // 2 + 1)
     used = (rings >= 1) & (rings <= 28) & (curves[0] > 0.9)
     assert used.sum() == 28
@@ -326,6 +342,35 @@ def test_wiener_averages_restore_the_amplitudes_that_flipping_leaves_ctf_weighte
     # 0.17; flip gain off by 0.70 and power by 0.91 (the lowest rings, where the CTF is ~Q0 = 0.1)
     assert gain_dev["wiener"] < 0.12 and power_dev["wiener"] < 0.25, (gain_dev, power_dev)
     assert gain_dev["flip"] > 0.5 and power_dev["flip"] > 0.5, (gain_dev, power_dev)
+
+
+def test_the_ssnr_is_estimated_within_the_particle_mask(small):
+    # half sums that agree inside the mask; independent noise outside it must not change the FRC the
+    # SSNR comes from (it did when the FRC took the whole box: the averages were over-smoothed)
+    views, images, classes, params, cols = small
+    ctx = context(images, cols, "wiener")
+    num, w = cc.wiener_pass(ctx, params, classes, 3)
+    sums, weights = num[0] / imgops.FIXED_POINT, w[0] / imgops.FIXED_POINT
+    outside = ~imgops.circular_mask(48, ctx.radius)
+    noisy = sums + 10 * np.random.default_rng(0).standard_normal(sums.shape) * outside
+    rings = imgops.radial_index(48).ravel()
+    mask = imgops.soft_mask(48, ctx.radius, cc.SSNR_MASK_EDGE)
+    clean_frc = cc.masked_frc(sums, weights, mask, rings, 35)
+    np.testing.assert_allclose(cc.masked_frc(noisy, weights, mask, rings, 35), clean_frc, atol=1e-9)
+    whole = np.ones((48, 48))
+    assert np.abs(cc.masked_frc(noisy, weights, whole, rings, 35) - clean_frc)[1:25].mean() > 0.1
+    assert clean_frc[1:10].min() > 0.9                          # SNR 1: the halves agree at low frequency
+    # and the averages use it: their filter does not change with the noise outside the mask, so they
+    # are linear in it (A(s + 2 n) - A(s) = 2 (A(s + n) - A(s))); a whole-box SSNR would not be
+    counts = references.class_counts(classes, np.arange(len(images)) % 2, 3)
+    extra = np.rint(noisy - sums) * imgops.FIXED_POINT
+    with_noise = lambda times, radius: cc.wiener_averages(
+        num + (np.arange(3) == 0)[:, None, None, None] * (times * extra).astype(np.int64), w, counts, radius)[0][0]
+    for radius, linear in ((ctx.radius, True), (1000, False)):
+        base = with_noise(0, radius)
+        once, twice = with_noise(1, radius) - base, with_noise(2, radius) - base
+        error = np.abs(twice - 2 * once).max() / np.abs(once).max()
+        assert (error < 1e-3) if linear else (error > 0.05), (radius, error)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,11 +7,12 @@ parameters and views of synthetic particles.
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 
-from cryoralign_plugin.engine import align, cli, ctf, ctf_correction, downsample, mrc, outputs, synthetic
+from cryoralign_plugin.engine import align, cli, ctf, ctf_correction, downsample, image_cache, mrc, outputs, synthetic
 from cryoralign_plugin.engine import images as imgops
 from cryoralign_plugin.engine.errors import InputError
 from cryoralign_plugin.engine.geometry import sampling_limit
@@ -158,7 +159,7 @@ def test_the_cropped_source_scales_pixels_prior_and_ctf(tmp_path):
     np.testing.assert_array_equal(cropped.read([3, 0]), downsample.fourier_crop(images[[3, 0]], 32))
     # read again (from the cache where cropped before) in any order: the same images
     np.testing.assert_array_equal(cropped.read([0, 5, 3]), downsample.fourier_crop(images[[0, 5, 3]], 32))
-    assert cropped._cached.sum() == 3 and os.listdir(tmp_path) == []   # kept in the folder, unlinked
+    assert cropped.cache.cached.sum() == 3 and os.listdir(tmp_path) == []   # kept in the folder, unlinked
     np.testing.assert_array_equal(cropped.prior[:, [0, 3]], params[:, [0, 3]])
     np.testing.assert_allclose(cropped.prior[:, 1:3], params[:, 1:3] / 2)
     np.testing.assert_array_equal(cropped.ctf.pixel_size, np.full(12, 4.0))
@@ -174,7 +175,7 @@ def test_without_room_for_the_cache_particles_are_cropped_on_every_read(monkeypa
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(downsample.tempfile, "TemporaryFile", full)
+    monkeypatch.setattr(image_cache, "tempfile", types.SimpleNamespace(TemporaryFile=full))
     cropped = downsample.CroppedSource(ArraySource(images), 20, cache_dir=str(tmp_path))
     for _ in range(2):
         np.testing.assert_array_equal(cropped.read([4, 1]), downsample.fourier_crop(images[[4, 1]], 20))
@@ -335,20 +336,29 @@ def test_two_mpi_ranks_give_the_single_process_result_at_an_internal_box(tmp_pat
                                   mrc.read_stack(str(tmp_path / "2" / outputs.CLASSES_MRCS)))
 
 
-def test_a_run_keeps_its_cropped_particles_in_its_own_folder_only(monkeypatch, tmp_path):
-    """The crop cache is the one file a run at an internal box creates besides its outputs: it must be
-    in the run's folder (a run writes nowhere else), and without a folder there is none."""
-    images = synthetic.make_particles(synthetic.slicem_references(2, 64, seed=3), 40, snr=1.0, seed=4)[0]
-    folders = []
-    real = downsample.tempfile.TemporaryFile
+@pytest.mark.parametrize("with_ctf,kept", [(False, {".cropped-"}), (True, {".flipped-", ".weighted-"})])
+def test_a_run_keeps_its_derived_particles_in_its_own_folder_only(monkeypatch, tmp_path, with_ctf, kept):
+    """The caches (cropped particles; with CTF correction the phase-flipped and |CTF|-weighted ones
+    instead) are the only files a run creates besides its outputs: they must be in the run's folder
+    (a run writes nowhere else), and without a folder there are none."""
+    made = synthetic.make_particles(synthetic.slicem_references(2, 64, seed=3), 40, snr=1.0, seed=4,
+                                    ctf=synthetic.CtfSimulation(pixel_size=2.5) if with_ctf else None)
+    images = made[0]
+    if with_ctf:
+        cols = ctf.CtfColumns(**{k: made[3][k] for k in synthetic.CTF_KEYS}, pixel_size=2.5)
+        images = ArraySource(images, pixel_size=2.5, ctf=cols)
+    folders, prefixes = [], set()
+    real = image_cache.tempfile.TemporaryFile
 
     def recorded(*args, **kwargs):
         folders.append(kwargs.get("dir"))
+        prefixes.add(kwargs.get("prefix"))
         return real(*args, **kwargs)
-    monkeypatch.setattr(downsample.tempfile, "TemporaryFile", recorded)
+    monkeypatch.setattr(image_cache, "tempfile", types.SimpleNamespace(TemporaryFile=recorded))  # ours only
     settings = dict(iterations=2, threads=1, backend="cpu", internal_box=32)
     align.align_multi_reference(images, n_classes=2, log=lambda *_: None, **settings)
     assert folders == []
     out = tmp_path / "run"
     align.align_multi_reference(images, n_classes=2, out_dir=str(out), log=lambda *_: None, **settings)
+    assert prefixes == kept
     assert folders and set(folders) == {str(out)}

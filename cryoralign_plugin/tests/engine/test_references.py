@@ -38,11 +38,11 @@ def test_halves_are_the_fixed_point_sums_over_the_counts():
 # ---------------------------------------------------------------------------------------------
 # Cutoff schedule
 
-def test_cutoff_cap_opens_by_a_fortieth_per_iteration_up_to_the_maximum():
+def test_cutoff_cap_opens_by_a_twentieth_per_iteration_up_to_the_maximum():
     assert refs.cutoff_cap(1) == pytest.approx(0.05)
-    assert refs.cutoff_cap(2) == pytest.approx(0.075)
-    assert refs.cutoff_cap(5) == pytest.approx(0.15)
-    assert refs.cutoff_cap(17) == pytest.approx(refs.MAX_CUTOFF)     # 0.05 + 16 * 0.025 = 0.45
+    assert refs.cutoff_cap(2) == pytest.approx(0.1)
+    assert refs.cutoff_cap(5) == pytest.approx(0.25)
+    assert refs.cutoff_cap(9) == pytest.approx(refs.MAX_CUTOFF)     # 0.05 + 8 * 0.05 = 0.45
     assert refs.cutoff_cap(100) == refs.MAX_CUTOFF
     caps = [refs.cutoff_cap(i) for i in range(1, 40)]
     assert all(a <= b for a, b in zip(caps, caps[1:]))
