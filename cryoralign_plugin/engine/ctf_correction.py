@@ -46,8 +46,7 @@ from . import images as imgops
 from .ctf import wavelength
 from .errors import InputError
 from .geometry import MIRROR, PSI
-from .image_cache import ImageCache
-from .sources import ParticleSource
+from .image_cache import CachedSource
 
 MODES = ("none", "flip", "wiener")
 FRC_MAX = 0.999           # half-set FRC clip before SSNR = 2 FRC / (1 - FRC)
@@ -346,26 +345,16 @@ def resolve(settings, source, threads=None):
                       settings.ctf_intact_first_peak, threads if threads is not None else settings.threads, reason)
 
 
-class _Derived(ParticleSource):
+class _Derived(CachedSource):
     """``source``'s particles through ``derive(images, indices)``, each once per run with a
-    ``cache_dir`` (:class:`~.image_cache.ImageCache`, file name starting with ``prefix``)."""
+    ``cache_dir`` (file name starting with ``prefix``)."""
 
     def __init__(self, source, derive, cache_dir, prefix):
-        super().__init__(count=source.count, box=source.box, ids=source.ids, names=source.names,
-                         pixel_size=source.pixel_size, ctf=source.ctf)
-        self.input, self._derive = source, derive
-        self.cache = ImageCache(self.count, cache_dir, prefix)
+        super().__init__(source, cache_dir, prefix)
+        self._function = derive
 
-    @property
-    def prior(self):
-        return self.input.prior
-
-    def _fill(self, out, idx):
-        self.cache.fill(out, idx, lambda rows: self._derive(self.input.read(idx[rows]), idx[rows]))
-
-    def close(self):
-        self.input.close()
-        self.cache.close()
+    def _derive(self, idx):
+        return self._function(self.input.read(idx), idx)
 
     def _origin(self):
         return "%r %s" % (self.input, self.cache.prefix.strip(".-"))

@@ -20,10 +20,9 @@ import numpy as np
 from . import search
 from .errors import InputError
 from .geometry import SX, SY, largest_radius, polar_grid, sampling_limit
-from .image_cache import ImageCache
+from .image_cache import CachedSource
 from .images import fourier_crop
 from .settings import AUTO_MASK_RADIUS, MAX_RESOLUTION, MIN_MASK_RADIUS, SHIFT_RANGE, SHIFT_STEP
-from .sources import ParticleSource
 
 CHUNK_BYTES = 64 << 20   # input images cropped at a time (bounds the spectra of a large batch)
 
@@ -196,27 +195,24 @@ def checked_plan(box, pixel_size, settings):
     return scale, grid
 
 
-class CroppedSource(ParticleSource):
+class CroppedSource(CachedSource):
     """A source's particles Fourier-cropped to ``box`` (:func:`fourier_crop`): pixel size, prior
     shifts and each particle's CTF pixel size scaled by the factor, the CTF itself (A) kept, so that
     the CTF correction computes the CTF of the cropped images.
 
     With a ``cache_dir`` (the run's output folder) each particle is cropped once and kept there
-    (:class:`~.image_cache.ImageCache`), so a run's later passes read small images instead of
+    (:class:`~.image_cache.CachedSource`), so a run's later passes read small images instead of
     cropping large ones again; without one particles are cropped on every read.
     """
 
     def __init__(self, source, box, threads=None, cache_dir=None):
-        self.input = source
         self.factor = source.box / box
-        ctf = getattr(source, "ctf", None)
+        ctf = source.ctf
         if ctf is not None and ctf.pixel_size is not None:
             ctf = dataclasses.replace(ctf, pixel_size=ctf.pixel_size * self.factor)
-        pixel_size = getattr(source, "pixel_size", None)
-        super().__init__(count=source.count, box=box, ids=source.ids, names=source.names,
-                         pixel_size=None if pixel_size is None else pixel_size * self.factor, ctf=ctf)
+        pixel_size = None if source.pixel_size is None else source.pixel_size * self.factor
+        super().__init__(source, cache_dir, ".cropped-", box=box, pixel_size=pixel_size, ctf=ctf)
         self.threads = max(1, int(threads or os.cpu_count() or 1))
-        self.cache = ImageCache(self.count, cache_dir, ".cropped-")
 
     @property
     def prior(self):
@@ -227,21 +223,13 @@ class CroppedSource(ParticleSource):
         out[:, [SX, SY]] /= self.factor
         return out
 
-    def _fill(self, out, idx):
-        self.cache.fill(out, idx, lambda rows: self._crop(idx[rows]))
-
-    def _crop(self, idx):
+    def _derive(self, idx):
         out = np.empty((idx.size, self.box, self.box), np.float32)
         step = max(1, CHUNK_BYTES // (4 * self.input.box ** 2))
         for lo in range(0, idx.size, step):
             out[lo:lo + step] = fourier_crop(self.input.read(idx[lo:lo + step], check_finite=False), self.box,
                                              self.threads)
         return out
-
-    def close(self):
-        """Close the input's files and drop the cache."""
-        self.input.close()
-        self.cache.close()
 
     def _origin(self):
         return "%r cropped" % (self.input,)

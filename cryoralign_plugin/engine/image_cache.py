@@ -9,10 +9,13 @@ before the folder exists, or where the file cannot be written (disk full), nothi
 images are derived on every read.  Derivations are per particle, so what a read returns does not
 depend on whether it came from the cache (nor on batches, ranks or ``--continue``).
 """
+import abc
 import os
 import tempfile
 
 import numpy as np
+
+from .sources import ParticleSource
 
 
 class ImageCache:
@@ -57,3 +60,33 @@ class ImageCache:
             self._file.close()
             self._file = None
         self.cached[:] = False
+
+
+class CachedSource(ParticleSource):
+    """Images derived from ``source``'s particles (:meth:`_derive`), each once per run with a
+    ``cache_dir`` (file name starting with ``prefix``); the metadata are the source's unless given in
+    ``metadata`` (e.g. a cropped box and pixel size)."""
+
+    def __init__(self, source, cache_dir, prefix, **metadata):
+        given = dict(count=source.count, box=source.box, ids=source.ids, names=source.names,
+                     pixel_size=source.pixel_size, ctf=source.ctf)
+        given.update(metadata)
+        super().__init__(**given)
+        self.input = source
+        self.cache = ImageCache(self.count, cache_dir, prefix)
+
+    @property
+    def prior(self):
+        return self.input.prior
+
+    @abc.abstractmethod
+    def _derive(self, idx):
+        """The derived images ``(len(idx), box, box)`` float32 of the particles at positions ``idx``."""
+
+    def _fill(self, out, idx):
+        self.cache.fill(out, idx, lambda rows: self._derive(idx[rows]))
+
+    def close(self):
+        """Close the input's files and drop the cache."""
+        self.input.close()
+        self.cache.close()
