@@ -7,6 +7,7 @@ state is checkpointed (atomically) so ``resume`` continues from the last complet
 """
 import copy
 import dataclasses
+import functools
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -79,11 +80,10 @@ class Context:
         if self.correction.mode == "wiener":
             self.weighted = ctf_correction.weighted_source(self.images, self.correction, self.radius, cache_dir)
 
+    @functools.cached_property
     def probe(self):
         """The run's :class:`~.selfbias.NoiseProbe` (built on first use)."""
-        if getattr(self, "_probe", None) is None:
-            self._probe = selfbias.NoiseProbe(self.backend, self.grid, self.source.box, self.radius)
-        return self._probe
+        return selfbias.NoiseProbe(self.backend, self.grid, self.source.box, self.radius)
 
     def subset(self, active):
         """This context over the particles ``active`` only (sorted global indices; None: all), split
@@ -281,7 +281,7 @@ def iterate(ctx, state, reseed, out_dir=None, subsets=None):
         ranking = cand.score
         if settings.debias and reseed and n_classes > 1:   # each particle's own noise out of its class's score
             sizes = np.bincount(state.classes[state.classes >= 0], minlength=n_classes)
-            bias = ctx.probe().self_bias(state.references, state.cutoffs, sizes)
+            bias = ctx.probe.self_bias(state.references, state.cutoffs, sizes)
             cand, ranking = selfbias.debiased(cand, state.classes[part.local], bias)
         slot = choose(part, cand, ranking, n_classes, reseed and n_classes > 1 and iteration <= balanced)
         rows = np.arange(len(slot))
