@@ -20,8 +20,8 @@ from dataclasses import fields
 
 from .errors import InputError
 from .memory import PeakMemory
-from .settings import (FINAL_FULL_PASSES, MAX_RESOLUTION, MINIBATCH_FRACTION, MINIBATCH_GROWTH, SHIFT_RANGE,
-                       SHIFT_STEP, Settings)
+from .settings import (FINAL_FULL_PASSES, MAX_RESOLUTION, MINIBATCH_FRACTION, MINIBATCH_GROWTH,
+                       MINIBATCH_LEAST_PER_CLASS, SHIFT_RANGE, SHIFT_STEP, Settings)
 
 PROG = "cryoralign-engine"
 DEFAULTS = Settings()
@@ -185,7 +185,8 @@ def build_parser():
     switch = g.add_mutually_exclusive_group()
     switch.add_argument("--minibatch", dest="minibatch", action="store_const", const=True, default=d.minibatch,
                         help="search growing random subsets in the first iterations (default: automatic, when "
-                             "the first subset is under half the particles and full passes follow)")
+                             "the first subset is under half the particles, still holds %d per class once the "
+                             "subsets are fitted into N, and full passes follow)" % MINIBATCH_LEAST_PER_CLASS)
     switch.add_argument("--no-minibatch", dest="minibatch", action="store_const", const=False,
                         help="search every particle in every iteration")
     g.add_argument("--minibatch-per-class", type=int, default=d.minibatch_per_class,

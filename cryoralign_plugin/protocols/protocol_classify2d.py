@@ -9,7 +9,8 @@ from pyworkflow.constants import BETA
 from .. import convert
 from ..constants import (CLASSES_MRCS, CLASSES_STAR, MRA, PARTICLES_STAR,
                          REFERENCES_STACK)
-from ..engine.settings import FINAL_FULL_PASSES, MINIBATCH_FRACTION, MINIBATCH_GROWTH
+from ..engine.settings import (FINAL_FULL_PASSES, MINIBATCH_FRACTION, MINIBATCH_GROWTH,
+                               MINIBATCH_LEAST_PER_CLASS)
 from .protocol_base import AUTOMATIC, DEFAULTS, CryoralignProtBase
 
 
@@ -72,10 +73,11 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
                            'of the particles (the others keep their class), later ones every particle; '
                            'all subsets together hold at most %g x N particles (N: the particles), so a '
                            'default run searches each particle at most %g times instead of %d. Automatic: on '
-                           'when the '
-                           'first subset (particles per class x classes) is under half of the particles '
-                           'and the iterations leave full passes after them.'
-                           % (MINIBATCH_FRACTION, MINIBATCH_FRACTION + FINAL_FULL_PASSES, DEFAULTS.iterations))
+                           'when the first subset (particles per class x classes) is under half of the '
+                           'particles and, fitted into N, still holds at least %d per class (about 1000 x K '
+                           'particles), and the iterations leave full passes after them.'
+                           % (MINIBATCH_FRACTION, MINIBATCH_FRACTION + FINAL_FULL_PASSES, DEFAULTS.iterations,
+                              MINIBATCH_LEAST_PER_CLASS))
         form.addParam('miniBatchPerClass', params.IntParam, default=DEFAULTS.minibatch_per_class,
                       condition='not doContinue and miniBatch != 2', validators=[params.Positive],
                       expertLevel=params.LEVEL_ADVANCED, label='Particles per class in the first subset',
