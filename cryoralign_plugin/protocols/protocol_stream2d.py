@@ -149,20 +149,32 @@ class CryoralignProtStream2D(CryoralignProtClassify2D):
         aligned.copyItems(inputParts, updateItemCallback=lambda item, _: results.updateParticle(item),
                           itemSelectedCallback=lambda item: item.isEnabled() and item.getObjId() <= lastId)
         state = Set.STREAM_CLOSED if final else Set.STREAM_OPEN
-        for name, newSet in ((outputs.outputClasses.name, classes), (outputs.outputParticles.name, aligned)):
-            first = not self.hasAttribute(name)
-            old = None if first else getattr(self, name).getFileName()
-            self._updateOutputSet(name, newSet, state)
-            if first:
-                self._defineSourceRelation(self._getInputPointer(), getattr(self, name))
-            self._dropOldSets(old, newSet.getFileName())
+        named = {outputs.outputClasses.name: classes, outputs.outputParticles.name: aligned}
+        if not self.hasAttribute(outputs.outputClasses.name):
+            self._defineFirstOutputs(named, state)
+        else:
+            for name, newSet in named.items():
+                old = getattr(self, name).getFileName()
+                self._updateOutputSet(name, newSet, state)
+                self._dropOldSets(old, newSet.getFileName())
         self.info('Published %d particles in %d classes (stream %s).'
                   % (aligned.getSize(), classes.getSize(), 'closed' if final else 'open'))
 
+    def _defineFirstOutputs(self, named, state):
+        """The first batch's outputs, both in one commit: a reader of the project sees both or neither
+        (defined one after the other, the classes could be read before the particles existed)."""
+        for newSet in named.values():
+            newSet.setStreamState(state)
+            newSet.write()
+        self._defineOutputs(**named)
+        for name in named:
+            self._defineSourceRelation(self._getInputPointer(), getattr(self, name))
+        self._store()
+        for newSet in named.values():
+            newSet.close()
+
     def _dropOldSets(self, previous, current):
         """Remove the set files of this output older than the previous one."""
-        if previous is None:
-            return
         stem = os.path.basename(current).rsplit('_', 1)[0]
         folder = os.path.dirname(current)
         files = sorted(f for f in os.listdir(folder) if f.startswith(stem + '_') and f.endswith('.sqlite'))
