@@ -1,6 +1,7 @@
 """A whole default classification of a large set, as a user runs it: wall and CPU time, peak memory, purity.
 
-Writes ``--particles`` synthetic particles (64 px, ``--classes`` phantom views, SNR ``--snr``) as MRC
+Writes ``--particles`` synthetic particles (64 px, ``--classes`` views of ``--source``, by default
+one random phantom per view, distinct by the hundred; SNR ``--snr``) as MRC
 stacks of CHUNK particles + one STAR file in ``--data`` (reused when it holds the same set, so a
 10^6 set of 16 GB is made once, a chunk at a time), then runs ``cryoralign-engine mra --classes K``
 with every other option at its default (mini-batches, preselection, equal-size phase) in a
@@ -10,6 +11,7 @@ seconds (the machine may be shared: the load average is printed), searches per p
 against the true views, and a PROJECTION to ``--project`` particles: this run's seconds per particle
 search times the searches the default schedule makes there (cost linear in N).  A table and one JSON line.
 Usage: python benchmarks/bench_large.py [--particles 100000] [--classes 100] [--snr 0.2] [--data DIR]
+       [--source phantom-zoo|phantom]
        [--project 1000000] [--threads N]
 """
 import argparse
@@ -35,9 +37,9 @@ CHUNK = 50000   # particles per stack (800 MB at 64 px), made and written one at
 DESCRIPTION = "set.json"
 
 
-def make_set(folder, count, n_classes, snr):
+def make_set(folder, count, n_classes, snr, source):
     """The STAR file of ``count`` particles in ``folder`` (made unless already there), and their true classes."""
-    wanted = {"particles": count, "classes": n_classes, "snr": snr, "box": BOX, "chunk": CHUNK}
+    wanted = {"particles": count, "classes": n_classes, "snr": snr, "box": BOX, "chunk": CHUNK, "source": source}
     star = os.path.join(folder, "particles.star")
     try:
         with open(os.path.join(folder, DESCRIPTION)) as described:
@@ -46,7 +48,7 @@ def make_set(folder, count, n_classes, snr):
     except (OSError, ValueError):
         pass
     os.makedirs(folder, exist_ok=True)
-    views = synthetic.make_references("phantom", n_classes, BOX, seed=0)
+    views = synthetic.make_references(source, n_classes, BOX, seed=0)
     classes, names = [], []
     for chunk, start in enumerate(range(0, count, CHUNK)):
         size = min(CHUNK, count - start)
@@ -75,6 +77,8 @@ def main():
     parser.add_argument("--particles", type=int, default=100000)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--snr", type=float, default=0.2)
+    parser.add_argument("--source", choices=("phantom-zoo", "phantom"), default="phantom-zoo",
+                        help="views: one phantom each (distinct), or of one phantom (alike beyond ~20)")
     parser.add_argument("--data", help="folder of the data set, made there unless already there (kept); "
                                        "default: a temporary folder")
     parser.add_argument("--project", type=int, default=1000000, help="particles to project the time to")
@@ -83,7 +87,8 @@ def main():
     temporary = tempfile.mkdtemp(prefix="bench-large-")
     try:
         start = time.perf_counter()
-        star, truth = make_set(args.data or os.path.join(temporary, "data"), args.particles, args.classes, args.snr)
+        star, truth = make_set(args.data or os.path.join(temporary, "data"), args.particles, args.classes, args.snr,
+                               args.source)
         made = time.perf_counter() - start
         run = os.path.join(temporary, "run")
         command = [sys.executable, "-m", "cryoralign_plugin.engine.cli", "mra", "--particles", star,
@@ -104,6 +109,7 @@ def main():
         per_search = seconds / searched
         target = planned_searches(args.project, args.classes)
         row = {"particles": args.particles, "classes": args.classes, "box": BOX, "snr": args.snr,
+               "source": args.source,
                "seconds": seconds, "cpu_seconds": cpu, "load_before": load_before, "load_after": load_after,
                "particles_per_s": args.particles / seconds, "searches_per_particle": searched / args.particles,
                "iteration_seconds": [round(r["seconds"], 1) for r in history],

@@ -39,6 +39,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--source", choices=SOURCES, default="phantom",
                         help="phantom / slicem: distinct views; phantom-pairs: near-duplicate pairs; "
+                             "phantom-zoo: one phantom per view (hundreds of distinct views); "
                              "phantom-arc / phantom-cap: continuous directions")
     parser.add_argument("--shift-range", type=float, default=3.0)
     parser.add_argument("--no-mirror", action="store_true", help="no mirrored particles")

@@ -6,7 +6,7 @@ from .continuous import continuous_views, direction_views
 from .measures import _class_axes, ideal_partition
 from .parameters import rare_view_weights
 from .particles import make_particles
-from .phantoms import phantom_pairs, phantom_views
+from .phantoms import phantom_pairs, phantom_views, phantom_zoo
 from .slicem import slicem_references
 from .truth_files import CTF_TRUTH_COLUMNS, TRUTH_COLUMNS, _direction_angles
 
@@ -15,14 +15,15 @@ OPTICS_COLUMNS = ["rlnOpticsGroup", "rlnOpticsGroupName", "rlnVoltage", "rlnSphe
                   "rlnCtfDataArePhaseFlipped"]
 PARTICLE_CTF_COLUMNS = ["rlnOpticsGroup", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift",
                         "rlnCtfBfactor"]
-SOURCES = ["phantom", "slicem", "phantom-pairs", "phantom-arc", "phantom-cap"]
+SOURCES = ["phantom", "slicem", "phantom-pairs", "phantom-zoo", "phantom-arc", "phantom-cap"]
 CONTINUOUS = {"phantom-arc": ("arc", 90.0), "phantom-cap": ("cap", 30.0)}   # mode, default extent
 
 
 def make_references(source, n_classes, box, seed=0, max_similarity=None):
     """References from ``source``: 'phantom' (:func:`phantom_views`), 'slicem'
-    (:func:`slicem_references`) or 'phantom-pairs' (:func:`phantom_pairs`, views 2i and 2i+1 a
-    near-duplicate pair); ``max_similarity`` caps the mutual similarity instead of minimising it
+    (:func:`slicem_references`), 'phantom-pairs' (:func:`phantom_pairs`, views 2i and 2i+1 a
+    near-duplicate pair) or 'phantom-zoo' (:func:`phantom_zoo`, one phantom per view: hundreds of
+    distinct views); ``max_similarity`` caps the mutual similarity instead of minimising it
     (phantom and slicem, :func:`pick_views`)."""
     if source == "phantom":
         return phantom_views(n_classes, box, seed, max_similarity)
@@ -30,8 +31,10 @@ def make_references(source, n_classes, box, seed=0, max_similarity=None):
         return slicem_references(n_classes, box, seed, max_similarity=max_similarity)
     if source == "phantom-pairs":
         return phantom_pairs(n_classes, box, seed)[0]
-    raise ValueError("unknown reference source %r: use 'phantom', 'slicem' or 'phantom-pairs' (the "
-                     "continuous sources have no references: see make_dataset)" % source)
+    if source == "phantom-zoo":
+        return phantom_zoo(n_classes, box, seed)
+    raise ValueError("unknown reference source %r: use 'phantom', 'slicem', 'phantom-pairs' or "
+                     "'phantom-zoo' (the continuous sources have no references: see make_dataset)" % source)
 
 
 def make_dataset(out_dir, n_particles=1000, box=64, n_classes=10, snr=1.0, seed=0, source="phantom",
@@ -49,6 +52,7 @@ def make_dataset(out_dir, n_particles=1000, box=64, n_classes=10, snr=1.0, seed=
       class gets that fraction, e.g. 0.03) make the classes unequal;
     * ``max_similarity``: references as alike as that cap allows (:func:`pick_views`);
     * ``source='phantom-pairs'``: ``n_classes`` (even) views in near-duplicate pairs 2i, 2i+1;
+    * ``source='phantom-zoo'``: ``n_classes`` views of as many phantoms, distinct by the hundred;
     * ``source='phantom-arc'`` / ``'phantom-cap'``: every particle from its own direction on an arc
       of ``extent`` degrees (default 90) / a cap of half-angle ``extent`` (default 30), see
       :func:`continuous_views`.  There are no true classes: ``truth.star`` gains the true direction
@@ -72,8 +76,8 @@ def make_dataset(out_dir, n_particles=1000, box=64, n_classes=10, snr=1.0, seed=
     if source in CONTINUOUS and (class_weights is not None or max_similarity is not None):
         raise ValueError("%s has no discrete classes: class weights, a rare view or max_similarity "
                          "do not apply" % source)
-    if source == "phantom-pairs" and max_similarity is not None:
-        raise ValueError("phantom-pairs sets its own similarities: leave max_similarity out")
+    if source in ("phantom-pairs", "phantom-zoo") and max_similarity is not None:
+        raise ValueError("%s sets its own similarities: leave max_similarity out" % source)
     if extent is not None and source not in CONTINUOUS:
         raise ValueError("extent is for the continuous sources (%s)" % ", ".join(CONTINUOUS))
     if source in CONTINUOUS:

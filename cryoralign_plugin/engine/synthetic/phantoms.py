@@ -1,10 +1,12 @@
-"""Analytic projections of a random asymmetric blob phantom: distinct views and near-duplicate pairs."""
+"""Analytic projections of random asymmetric blob phantoms: distinct views, near-duplicate pairs, and
+hundreds of distinct views (one phantom each)."""
 import numpy as np
 
 from .conventions import _standardise, _stream
 from .similarity import SIMILARITY_BOX, most_distinct, pick_views, rotational_similarity
 
 PHANTOM_CANDIDATES = 256  # random view directions the distinct views are chosen from
+ZOO_CANDIDATES = 4        # phantom_zoo: candidate phantoms per view asked for
 
 
 def _random_rotations(n, rng):
@@ -79,6 +81,23 @@ def phantom_views(n_views, box, seed=0, max_similarity=None):
     chosen = (most_distinct(similarity, n_views) if max_similarity is None
               else pick_views(similarity, n_views, max_similarity))
     return _standardise(_project(blobs, directions[chosen], box))
+
+
+def phantom_zoo(n_views, box, seed=0):
+    """``n_views`` views ``(n_views, box, box)`` float32, each one random phantom seen from a random
+    direction: the most distinct of ``ZOO_CANDIDATES`` x ``n_views`` such views (greedy, from the
+    first), compared as in :func:`phantom_views`.
+
+    One phantom's views grow alike as they grow many (its 100 most distinct reach a similarity of
+    0.97), so a classification into hundreds of classes with a known answer needs a zoo of
+    particles.  Measured at 64 px (seed 0, 5 degree steps), the most similar pair of 10 / 60 / 200
+    views: 0.77 / 0.80 / 0.82 (60 views of one phantom: 0.96).  Standardised as :func:`phantom_views`.
+    """
+    rng = np.random.default_rng(seed)
+    candidates = [(_phantom_blobs(rng), rng.standard_normal((1, 3))) for _ in range(ZOO_CANDIDATES * n_views)]
+    similarity = rotational_similarity(np.concatenate([_project(b, d, SIMILARITY_BOX) for b, d in candidates]))
+    chosen = most_distinct(similarity, n_views, first=0)
+    return _standardise(np.concatenate([_project(*candidates[i], box) for i in chosen]))
 
 
 def _tilted(direction, degrees, helper):
