@@ -35,7 +35,7 @@ def classify(images, truth, k, **options):
     t = time.perf_counter()
     result = align.align_multi_reference(images, n_classes=k, settings=Settings(**options), log=quiet)
     return {"purity": synthetic.purity(result.classes, truth), "seconds": time.perf_counter() - t,
-            "searched": sum(row["searched"] for row in result.history)}
+            "searched": [row["searched"] for row in result.history]}
 
 
 def dataset(source, k, box, count, snr, rare, seed=0):
@@ -45,18 +45,27 @@ def dataset(source, k, box, count, snr, rare, seed=0):
     return images, truth
 
 
+def paired(differences):
+    """Mean of paired differences and its standard error (0 for one pair)."""
+    d = np.asarray(differences, float)
+    return d.mean(), (d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0)
+
+
 def quality(args, rows):
     print("%-12s %-6s %9s %9s %8s %7s %7s" % ("set", "seed", "full", "minibatch", "diff", "full s", "mb s"))
+    schedule = dict(minibatch_per_class=args.per_class, minibatch_iterations=args.minibatch_iterations)
     for name in args.sets:
         source, k, snr, rare = SETS[name]
         images, truth = dataset(source, k, args.box, args.particles, snr, rare)
-        if not minibatch.enabled(Settings(minibatch_per_class=args.per_class), args.particles, k):
-            raise SystemExit("%d particles, K = %d: too few for automatic mini-batches" % (args.particles, k))
+        used = minibatch.used_iterations(Settings(iterations=args.iterations, **schedule), args.particles, k)
+        if used != args.minibatch_iterations:
+            raise SystemExit("%d particles, K = %d: automatic mini-batches would search %d subsets, not %d (too few "
+                             "particles)" % (args.particles, k, used, args.minibatch_iterations))
         differences = []
         for seed in args.seeds:
             same = dict(seed=seed, threads=args.threads, iterations=args.iterations)
             full = classify(images, truth, k, minibatch=False, **same)
-            mini = classify(images, truth, k, minibatch=None, minibatch_per_class=args.per_class, **same)
+            mini = classify(images, truth, k, minibatch=None, **schedule, **same)
             row = {"part": "quality", "set": name, "seed": seed, "full": full, "minibatch": mini,
                    "difference": mini["purity"] - full["purity"]}
             rows.append(row)
@@ -64,9 +73,13 @@ def quality(args, rows):
                                                                 row["difference"], full["seconds"],
                                                                 mini["seconds"]), flush=True)
             differences.append(row["difference"])
-        print("%-12s %-6s %9s %9s %+8.3f   (mean of %d; searches per particle %.2f against %.2f)"
-              % (name, "mean", "", "", np.mean(differences), len(differences), mini["searched"] / len(truth),
-                 full["searched"] / len(truth)), flush=True)
+        mean, error = paired(differences)
+        rows.append({"part": "quality-mean", "set": name, "seeds": list(args.seeds), "difference": mean,
+                     "standard_error": error})
+        print("%-12s %-6s %9s %9s %+8.3f +- %.3f (mean of %d paired, standard error; searches per particle "
+              "%.2f against %.2f)" % (name, "mean", "", "", mean, error, len(differences),
+                                      sum(mini["searched"]) / len(truth), sum(full["searched"]) / len(truth)),
+              flush=True)
 
 
 def speed(args, rows):
@@ -77,7 +90,7 @@ def speed(args, rows):
     found = {}
     for label, switch in (("minibatch", None), ("full", False)):
         found[label] = classify(images, truth, args.large_classes, threads=args.threads, minibatch=switch)
-        print("%-10s %8.3f %9d %8.1f" % (label, found[label]["purity"], found[label]["searched"],
+        print("%-10s %8.3f %9d %8.1f" % (label, found[label]["purity"], sum(found[label]["searched"]),
                                          found[label]["seconds"]), flush=True)
     saved = 1.0 - found["minibatch"]["seconds"] / found["full"]["seconds"]
     print("time saved by mini-batches: %.0f%%" % (100 * saved))
@@ -94,6 +107,7 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--per-class", type=int, default=Settings().minibatch_per_class)
     parser.add_argument("--iterations", type=int, default=Settings().iterations)
+    parser.add_argument("--minibatch-iterations", type=int, default=Settings().minibatch_iterations)
     parser.add_argument("--large", type=int, default=20000)
     parser.add_argument("--large-classes", type=int, default=20)   # automatic from ~1000 K particles
     parser.add_argument("--large-box", type=int, default=32)

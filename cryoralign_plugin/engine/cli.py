@@ -185,8 +185,9 @@ def build_parser():
     switch = g.add_mutually_exclusive_group()
     switch.add_argument("--minibatch", dest="minibatch", action="store_const", const=True, default=d.minibatch,
                         help="search growing random subsets in the first iterations (default: automatic, when "
-                             "the first subset is under half the particles, still holds %d per class once the "
-                             "subsets are fitted into N, and full passes follow)" % MINIBATCH_LEAST_PER_CLASS)
+                             "the first subset is under half the particles: as many of the --minibatch-iterations "
+                             "as keep the first subset at least %d per class once the subsets are fitted into N, "
+                             "when full passes follow)" % MINIBATCH_LEAST_PER_CLASS)
     switch.add_argument("--no-minibatch", dest="minibatch", action="store_const", const=False,
                         help="search every particle in every iteration")
     g.add_argument("--minibatch-per-class", type=int, default=d.minibatch_per_class,
@@ -194,7 +195,8 @@ def build_parser():
                         "most %g x N particles (default: %%(default)s)" % MINIBATCH_FRACTION)
     g.add_argument("--minibatch-iterations", type=int, default=d.minibatch_iterations,
                    help="iterations searching subsets, each %gx the previous; later ones search all (default: "
-                        "%%(default)s, so a default run ends on %d full passes)"
+                        "%%(default)s, so a default run ends on %d full passes; automatic mode drops the last "
+                        "ones on sets too small for them)"
                         % (MINIBATCH_GROWTH, FINAL_FULL_PASSES))
     g = mra.add_argument_group("growing run (streaming)")
     g.add_argument("--grow", action="store_true",

@@ -1,7 +1,7 @@
 """Mini-batch iterations: which particles each iteration searches.
 
-As cryoSPARC's online EM (about 100 particles per class per iteration, 20 iterations, then 2 full
-passes) and RELION-4's gradient-driven 2D, the first ``minibatch_iterations`` iterations of a large
+As cryoSPARC's online EM (about 100 particles per class per iteration, 20 iterations, then by default
+1 full pass) and RELION-4's gradient-driven 2D, the first ``minibatch_iterations`` iterations of a large
 classification search random subsets: ``minibatch_per_class * K`` particles at iteration 1, each
 later one ``settings.MINIBATCH_GROWTH`` times larger; every later iteration passes over every
 particle.  The subsets together hold at most ``settings.MINIBATCH_FRACTION`` of N (else all are
@@ -38,17 +38,22 @@ def first_size(settings, n_classes):
     return int(settings.minibatch_per_class) * int(n_classes)
 
 
-def enabled(settings, count, n_classes):
-    """Whether a run of ``count`` particles into ``n_classes`` uses mini-batches: as forced by
-    ``settings.minibatch``, else (automatic) for K > 1 when ``iterations`` leaves at least one full
-    pass after the mini-batch iterations and the first subset is under half of the particles and, as
-    :func:`sizes` scales it, holds at least MINIBATCH_LEAST_PER_CLASS per class (fewer lost up to 0.16
-    of the purity on SLICEM at SNR 0.05)."""
+def used_iterations(settings, count, n_classes):
+    """Mini-batch iterations a run of ``count`` particles into ``n_classes`` searches (0: none).  Forced
+    (``settings.minibatch``): all ``minibatch_iterations`` when the first subset is under N.  Automatic:
+    for K > 1 when the first subset is under half of the particles, as many of them as keep the first
+    subset, scaled by :func:`sizes`, at least MINIBATCH_LEAST_PER_CLASS per class (fewer per class lost
+    up to 0.16 of the purity on SLICEM at SNR 0.05; the last ones are dropped, not all, so a mid-size
+    run still searches subsets first), when ``iterations`` leaves at least one full pass after them."""
     first, m = first_size(settings, n_classes), settings.minibatch_iterations
     if settings.minibatch is not None:
-        return bool(settings.minibatch) and m > 0 and first < count
+        return m if settings.minibatch and m > 0 and first < count else 0
+    if n_classes <= 1 or 2 * first >= count:
+        return 0
     least = min(MINIBATCH_LEAST_PER_CLASS, settings.minibatch_per_class) * n_classes
-    return n_classes > 1 and 0 < m < settings.iterations and 2 * first < count and sizes(first, m, count)[0] >= least
+    while m > 0 and sizes(first, m, count)[0] < least:
+        m -= 1
+    return m if m < settings.iterations else 0
 
 
 def sizes(first, iterations, count):
@@ -68,9 +73,8 @@ class Schedule:
 
     def __init__(self, settings, count, n_classes):
         self.count, self.seed = int(count), int(settings.seed)
-        self.sizes = []
-        if enabled(settings, count, n_classes):
-            self.sizes = sizes(first_size(settings, n_classes), settings.minibatch_iterations, count)
+        used = used_iterations(settings, count, n_classes)
+        self.sizes = sizes(first_size(settings, n_classes), used, count) if used else []
 
     def size(self, iteration):
         """Particles searched in ``iteration``."""

@@ -47,15 +47,17 @@ AUTO_MASK_RADIUS = 16
 # Automatic balanced_iterations: the first 5 iterations (half of the default 10), whatever the total.
 BALANCED_ITERATIONS = 5
 # Iterations of a run, and the full passes it ends on when its first iterations search mini-batches
-# (cryoSPARC ends its online EM on 2 full iterations).
+# (cryoSPARC's 2D classification ends its online EM on 1 final full iteration by default: "usually only
+# one full pass is needed").
 ITERATIONS = 10
 FINAL_FULL_PASSES = 2
 # Mini-batch iterations (:mod:`.minibatch`): cryoSPARC's 100 particles per class at first, each subset
 # MINIBATCH_GROWTH times the previous, over the iterations before the final full passes; all of them
 # together at most MINIBATCH_FRACTION of the particles (else each is scaled down alike), so a default run
-# of N particles searches at most 3 N (10^6 particles, K = 200: 2.40 N, as cryoSPARC's 20 x 100 x K + 2 N).
+# of N particles searches at most 3 N (10^6 particles, K = 200: 2.40 N; cryoSPARC's 20 x 100 x K + 1 N: 1.40 N).
 # Half of N instead lost 0.10 of the purity on 4000 SLICEM particles at SNR 0.05 (benchmarks/bench_minibatch.py),
-# and so did subsets scaled below MINIBATCH_LEAST_PER_CLASS per class: automatic mini-batches need at least that.
+# and so did subsets scaled below MINIBATCH_LEAST_PER_CLASS per class: automatic mini-batches drop their
+# last iterations until the first subset holds that many.
 MINIBATCH_PER_CLASS = 100
 MINIBATCH_ITERATIONS = ITERATIONS - FINAL_FULL_PASSES
 MINIBATCH_GROWTH = 1.25
@@ -87,7 +89,7 @@ class Settings:
     balanced_iterations: Optional[int] = None  # equal-size assignment for the first iterations; None: 5
     debias: bool = True            # MRA: take a member's own noise out of its score against its class (selfbias.py)
     batch_size: int = 2048
-    minibatch: Optional[bool] = None   # search growing random subsets first; None: automatic (minibatch.enabled)
+    minibatch: Optional[bool] = None   # search growing random subsets first; None: automatic (minibatch.used_iterations)
     minibatch_per_class: int = MINIBATCH_PER_CLASS     # particles per class in the first subset (at most)
     minibatch_iterations: int = MINIBATCH_ITERATIONS   # iterations searching subsets (0: none)
     use_prior: bool = False        # start from the input's alignment instead of zero

@@ -72,10 +72,12 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
                       help='As cryoSPARC\'s online EM: the first iterations search growing random subsets '
                            'of the particles (the others keep their class), later ones every particle; '
                            'all subsets together hold at most %g x N particles (N: the particles), so a '
-                           'default run searches each particle at most %g times instead of %d. Automatic: on '
-                           'when the first subset (particles per class x classes) is under half of the '
-                           'particles and, fitted into N, still holds at least %d per class (about 1000 x K '
-                           'particles), and the iterations leave full passes after them.'
+                           'default run of about 1000 x K particles or more (K: the classes) searches each '
+                           'particle at most %g times instead of %d. Automatic: on when the first subset '
+                           '(particles per class x classes) is under half of the particles; of the mini-batch '
+                           'iterations, as many are used as keep the first subset, fitted into N, at least %d '
+                           'per class (all from about 1000 x K particles, fewer below), when the iterations '
+                           'leave full passes after them.'
                            % (MINIBATCH_FRACTION, MINIBATCH_FRACTION + FINAL_FULL_PASSES, DEFAULTS.iterations,
                               MINIBATCH_LEAST_PER_CLASS))
         form.addParam('miniBatchPerClass', params.IntParam, default=DEFAULTS.minibatch_per_class,
@@ -87,7 +89,8 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
                       condition='not doContinue and miniBatch != 2', validators=[params.GE(0)],
                       expertLevel=params.LEVEL_ADVANCED, label='Mini-batch iterations',
                       help='Iterations searching subsets, each %g times the previous; the number of '
-                           'iterations must be larger (by default %d larger: the final full passes).'
+                           'iterations must be larger (by default %d larger: the final full passes). '
+                           'Automatic mode uses fewer on sets too small for all of them.'
                            % (MINIBATCH_GROWTH, FINAL_FULL_PASSES))
 
     def _getMiniBatchArgs(self, src):

@@ -53,22 +53,25 @@ def test_subsets_depend_only_on_the_seed_and_the_iteration():
 
 
 @pytest.mark.parametrize("options,count,k,expected", [
-    ({}, 10000, 10, True),             # automatic: the scaled first subset holds 50 per class (504)
-    ({}, 9900, 10, False),             # ... not fewer (499)
-    ({}, 2000, 10, False),             # the first subset (1000) would be half of N
-    ({}, 10 ** 6, 1, False),           # automatic only for classification (K > 1)
-    (dict(minibatch=True), 1500, 10, True),
-    (dict(minibatch=True), 1000, 10, False),       # the first subset would hold every particle
-    (dict(minibatch=False), 10 ** 6, 200, False),
-    (dict(minibatch_iterations=0), 10 ** 6, 200, False),
-    (dict(minibatch=True, minibatch_per_class=5), 40, 1, True),
-    (dict(iterations=8), 10 ** 6, 200, False),     # automatic: no full pass would follow the 8 subsets
-    (dict(iterations=9), 10 ** 6, 200, True),
+    ({}, 10000, 10, 8),                # automatic: the 8 subsets, fitted into N, hold 50 per class (504 at first)
+    ({}, 9900, 10, 7),                 # ... not 8 (499): the first 7 (657)
+    ({}, 4000, 10, 4),                 # the first 4 (69 per class), as 20 000 particles at K = 50
+    ({}, 2000, 10, 0),                 # the first subset (1000) would be half of N
+    ({}, 10 ** 6, 1, 0),               # automatic only for classification (K > 1)
+    (dict(minibatch=True), 1500, 10, 8),           # forced: all of them, however small
+    (dict(minibatch=True), 1000, 10, 0),           # the first subset would hold every particle
+    (dict(minibatch=False), 10 ** 6, 200, 0),
+    (dict(minibatch_iterations=0), 10 ** 6, 200, 0),
+    (dict(minibatch=True, minibatch_per_class=5), 40, 1, 8),
+    (dict(iterations=8), 10 ** 6, 200, 0),         # automatic: no full pass would follow the 8 subsets
+    (dict(iterations=9), 10 ** 6, 200, 8),
+    (dict(iterations=4), 4000, 10, 0),             # ... nor the 4 of a mid-size run
+    (dict(iterations=5), 4000, 10, 4),
 ])
 def test_when_mini_batches_are_used(options, count, k, expected):
     settings = Settings(**options)
-    assert minibatch.enabled(settings, count, k) is expected
-    assert bool(minibatch.Schedule(settings, count, k).sizes) is expected
+    assert minibatch.used_iterations(settings, count, k) == expected
+    assert len(minibatch.Schedule(settings, count, k).sizes) == expected
 
 
 def test_local_shares_of_two_ranks_are_the_subset_in_order():
@@ -216,7 +219,7 @@ def test_mini_batches_classify_a_hard_set_as_well_as_full_passes():
     full passes (+0.012); ~3 min on this shared 2-core machine at load 8."""
     views = synthetic.make_references("slicem", 4, 64, seed=0)
     images, truth, _ = synthetic.make_particles(views, 4000, 0.05, seed=0)
-    assert minibatch.enabled(Settings(), 4000, 4)
+    assert minibatch.used_iterations(Settings(), 4000, 4) == 8
     purity = {}
     for switch in (False, None):
         result = align.align_multi_reference(images, n_classes=4, settings=Settings(seed=1, minibatch=switch),
