@@ -163,6 +163,16 @@ def test_a_run_searches_the_schedule_s_subsets_and_ends_with_every_particle(part
     assert np.all(result.classes >= 0) and synthetic.purity(result.classes, truth) >= 0.9
 
 
+def test_an_automatic_mid_size_run_searches_its_first_subsets_then_full_passes(particles):
+    """60 particles, K = 2, 5 per class: the 8 subsets fitted into N would hold 1 per class, so the run
+    searches the first 4 (10 to 20 particles, 5 per class or more), then every particle."""
+    images, truth = particles
+    result = align.align_multi_reference(images, n_classes=2, settings=Settings(
+        minibatch_per_class=5, iterations=6, threads=1), log=quiet)
+    assert [row["searched"] for row in result.history] == [10, 12, 16, 20, 60, 60]   # before: 60 each
+    assert np.all(result.classes >= 0) and synthetic.purity(result.classes, truth) >= 0.9   # measured 1.0
+
+
 @pytest.mark.slow
 def test_two_mpi_ranks_search_the_same_subsets(tmp_path):
     synthetic.make_dataset(str(tmp_path), n_particles=120, box=32, n_classes=3, snr=1.0, seed=1)
