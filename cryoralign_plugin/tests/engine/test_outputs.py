@@ -78,7 +78,7 @@ def test_particles_star_is_written_without_a_row_object_per_particle(tmp_path, m
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak / n < 40   # measured 8 B per particle (the former list of rows: ~550)
+    assert peak / n < 40   # measured 13 B per particle (the former list of rows: 476)
     back = outputs.read_particles(tmp_path)
     np.testing.assert_array_equal(back.ids, source.ids)
     np.testing.assert_array_equal(back.classes, classes)
