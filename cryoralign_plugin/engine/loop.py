@@ -151,10 +151,13 @@ def search_pass(ctx, refs, params):
         for i, batch in enumerate(ctx.batches()):
             offsets = np.clip(center_offsets(params[batch]), -ctx.offset_limit, ctx.offset_limit)
             images = ctx.read(batch)
-            if preselection is not None and i not in members:
-                members[i] = preselection.members(images, offsets)
-            found[i] = search.search(ctx.backend, images, offsets, prepared, ctx.grid, members.get(i),
-                                     chunk.start, found.get(i))
+            kept = members.get(i)
+            if preselection is not None and kept is None:
+                kept = preselection.members(images, offsets)
+                if len(chunks) > 1:   # the next chunks need them
+                    members[i] = kept
+            found[i] = search.search(ctx.backend, images, offsets, prepared, ctx.grid, kept, chunk.start,
+                                     found.get(i))
             done += len(batch)
             now = time.perf_counter()
             if now - last > PROGRESS_SECONDS and done < total:
@@ -162,7 +165,7 @@ def search_pass(ctx, refs, params):
                         % (done / len(chunks), len(ctx.local), done / len(chunks) / (now - start)))
                 last = now
         prepared = None   # before the next chunk is prepared
-    return search.Candidates.concatenate([found[i] for i in sorted(found)] or [search.Candidates.empty(len(refs))])
+    return search.Candidates.concatenate([found.pop(i) for i in sorted(found)] or [search.Candidates.empty(len(refs))])
 
 
 def choose(ctx, cand, ranking, n_classes, balanced):

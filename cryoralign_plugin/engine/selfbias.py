@@ -56,11 +56,13 @@ class NoiseProbe:
 def debiased(cand, own, bias):
     """``(cand, ranking)``: each particle's candidates re-ordered by ``ranking``, their scores less the
     ``bias`` of the class the particle was in (``own``; -1: none), best first (ties: the lower
-    reference).  ``cand.score`` stays the raw score, as the references give it."""
+    reference).  ``cand.score`` stays the raw score, as the references give it.  ``cand`` is re-ordered
+    in place, a field at a time, so that a pass's candidates are not held twice."""
     own = np.asarray(own)
-    ranking = np.asarray(cand.score, np.float64) - np.where(cand.reference == own[:, None],
-                                                            bias[np.maximum(own, 0)][:, None], 0.0)
+    ranking = np.asarray(cand.score, np.float64).copy()
+    hit = cand.reference == own[:, None]
+    ranking[hit] -= np.broadcast_to(bias[np.maximum(own, 0)][:, None], hit.shape)[hit]
     order = np.lexsort((cand.reference, -ranking), axis=1)
-    fields = [np.take_along_axis(getattr(cand, f), order, axis=1)
-              for f in ("reference", "score", "shift", "mirror", "angle")]
-    return search.Candidates(*fields, cand.offsets), np.take_along_axis(ranking, order, axis=1)
+    for f in ("reference", "score", "shift", "mirror", "angle"):
+        setattr(cand, f, np.take_along_axis(getattr(cand, f), order, axis=1))
+    return cand, np.take_along_axis(ranking, order, axis=1)
