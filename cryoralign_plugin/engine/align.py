@@ -61,7 +61,8 @@ def _run(ctx, n_refs, initial_state, reseed, out_dir, resume, overwrite, command
             new = rundir.manifest(command, ctx.settings, ctx.input_source, ctx.radius, n_refs, start,
                                   ctx.source.box)
             claim = rundir.claim(out_dir, new, resume, overwrite, ctx.settings.iterations,
-                                 rundir.input_files(ctx.input_source, inputs), ctx.log)
+                                 rundir.input_files(ctx.input_source, inputs), ctx.log,
+                                 check=lambda *found: loop.state_of(*found, out_dir))
         # rank 0 decides whether to resume; the others wait for it here (if it refuses, the CLI aborts them)
         resume = bool(ctx.comm.allgather(np.array([claim is not None and claim.resume]))[0])
     try:

@@ -25,6 +25,7 @@ carry their batch number and the batch's particle count.
 """
 import copy
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -90,8 +91,9 @@ def _plan(ctx, out_dir, n_classes, final):
     previous = found.manifest
     if previous is None or "growth" not in previous:   # a new run (claim refuses anything else)
         new["growth"] = [{"from": 0, "count": source.count, "after": 0, "final": bool(final)}]
-        return new, previous is not None
-    old_count = int(previous["input"]["count"])
+        return new, previous is not None or found.damaged
+    rundir.check_same_run(out_dir, previous, new, grow=True)   # first: another version may record batches otherwise
+    old_count, growth = _recorded(previous, out_dir)
     if source.count < old_count:
         raise InputError("the input has %d particles but the run in %s has %d already: give the whole input "
                          "so far, the run's %d particles first" % (source.count, out_dir, old_count, old_count))
@@ -101,14 +103,28 @@ def _plan(ctx, out_dir, n_classes, final):
         raise InputError("the first %d particles of the input are not the run's in %s (%s): give the same "
                          "particles first, in the same order, then the new ones"
                          % (old_count, out_dir, "; ".join(differ)))
-    growth = list(previous["growth"])
     last = growth[-1]
     if source.count > old_count or (final and not last["final"]):
         done = outputs.last_checkpoint(out_dir)
-        after, have = (0, 0) if done is None else (done[0], len(done[1]["classes"]))
+        after, have = (0, 0) if done is None else (done[0], len(loop.state_of(*done, out_dir, grow=True).classes))
         growth.append({"from": have, "count": source.count, "after": after, "final": bool(final)})
     new["growth"] = growth
     return new, True
+
+
+def _recorded(previous, out_dir):
+    """The particle count and the batches that a growing run's manifest records; InputError where it
+    does not record them as this version does (an edited manifest)."""
+    try:
+        growth = [dict(g, **{"from": int(g["from"]), "count": int(g["count"]), "after": int(g["after"]),
+                             "final": bool(g["final"])}) for g in previous["growth"]]
+        if not growth or not isinstance(previous["input"], dict):
+            raise ValueError
+        return int(previous["input"]["count"]), growth
+    except (KeyError, TypeError, ValueError):
+        raise InputError("the manifest %s does not record the growing run's batches (input.count; growth: "
+                         "from, count, after, final): %s"
+                         % (os.path.join(out_dir, outputs.MANIFEST_JSON), rundir.restart(grow=True))) from None
 
 
 def _end(entry, settings):
@@ -198,7 +214,8 @@ def grow_multi_reference(particles, n_classes, settings, out_dir, final=False, c
         new, resume = _plan(ctx, out_dir, n_classes, final)
         e = new["growth"][-1]
         claim = rundir.claim(out_dir, new, resume=resume, iterations=_end(e, ctx.settings)[1],
-                             inputs=rundir.input_files(ctx.input_source, inputs), log=ctx.log, grow=True)
+                             inputs=rundir.input_files(ctx.input_source, inputs), log=ctx.log, grow=True,
+                             check=lambda *found: loop.state_of(*found, out_dir, grow=True))
         entry = np.array([e["from"], e["count"], e["after"], e["final"], len(new["growth"])], np.int64)
         growth = new["growth"]
     first, count_, after, last_batch, batch = (int(v) for v in ctx.comm.allgather(entry)[:5])
@@ -208,7 +225,7 @@ def grow_multi_reference(particles, n_classes, settings, out_dir, final=False, c
         if found is None:
             state = align._unassigned_state(ctx, align._initial_references(ctx, n_classes, None))
         else:
-            state = _extended(loop.state_of(*found), count, ctx)
+            state = _extended(loop.state_of(*found, out_dir, grow=True), count, ctx)
         placed, end = _end(e, ctx.settings)
         start = time.perf_counter()
         if first == 0:

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import images as imgops
-from . import criteria, ctf_correction, downsample, outputs, references, refine, search, selfbias
+from . import criteria, ctf_correction, downsample, outputs, references, refine, rundir, search, selfbias
 from .errors import InputError
 from .geometry import MIRROR, PSI, SX, SY, center_offsets, shift_grid
 
 CHECKPOINTS_KEPT = 2
+# The arrays of a State that every checkpoint holds (and ``sums`` where the state has them).
+STATE_ARRAYS = ("params", "classes", "scores", "references", "cutoffs", "averages")
 PROGRESS_SECONDS = 10.0  # within an iteration, report progress at most this often
 
 
@@ -151,10 +153,13 @@ def search_pass(ctx, refs, params):
         for i, batch in enumerate(ctx.batches()):
             offsets = np.clip(center_offsets(params[batch]), -ctx.offset_limit, ctx.offset_limit)
             images = ctx.read(batch)
-            if preselection is not None and i not in members:
-                members[i] = preselection.members(images, offsets)
-            found[i] = search.search(ctx.backend, images, offsets, prepared, ctx.grid, members.get(i),
-                                     chunk.start, found.get(i))
+            kept = members.get(i)
+            if preselection is not None and kept is None:
+                kept = preselection.members(images, offsets)
+                if len(chunks) > 1:   # the next chunks need them
+                    members[i] = kept
+            found[i] = search.search(ctx.backend, images, offsets, prepared, ctx.grid, kept, chunk.start,
+                                     found.get(i))
             done += len(batch)
             now = time.perf_counter()
             if now - last > PROGRESS_SECONDS and done < total:
@@ -162,7 +167,7 @@ def search_pass(ctx, refs, params):
                         % (done / len(chunks), len(ctx.local), done / len(chunks) / (now - start)))
                 last = now
         prepared = None   # before the next chunk is prepared
-    return search.Candidates.concatenate([found[i] for i in sorted(found)] or [search.Candidates.empty(len(refs))])
+    return search.Candidates.concatenate([found.pop(i) for i in sorted(found)] or [search.Candidates.empty(len(refs))])
 
 
 def choose(ctx, cand, ranking, n_classes, balanced):
@@ -338,8 +343,7 @@ def progress_line(row, iterations, count=None):
 
 def save(out_dir, state):
     """Checkpoint ``iter_NNN`` atomically and drop older ones beyond the last few."""
-    arrays = {"params": state.params, "classes": state.classes, "scores": state.scores,
-              "references": state.references, "cutoffs": state.cutoffs, "averages": state.averages}
+    arrays = {name: getattr(state, name) for name in STATE_ARRAYS}
     if state.sums is not None:
         arrays["sums"] = state.sums
     outputs.save_checkpoint(out_dir, state.iteration, arrays, {"history": state.history})
@@ -353,18 +357,23 @@ def restore(out_dir, count, box, n_classes):
     found = outputs.last_checkpoint(out_dir)
     if found is None:
         return None
-    iteration, arrays, meta = found
-    if len(arrays["params"]) != count or arrays["references"].shape[1:] != (box, box) \
-            or len(arrays["references"]) != n_classes:
+    state = state_of(*found, out_dir)
+    if len(state.params) != count or state.references.shape[1:] != (box, box) \
+            or len(state.references) != n_classes:
         raise InputError("the checkpoint in %s belongs to another run (%d particles, %d classes of %d px; "
                          "this run has %d particles, %d classes of %d px): use a new output directory or "
-                         "the same input" % (out_dir, len(arrays["params"]), len(arrays["references"]),
-                                             arrays["references"].shape[-1], count, n_classes, box))
-    return state_of(iteration, arrays, meta)
+                         "the same input" % (out_dir, len(state.params), len(state.references),
+                                             state.references.shape[-1], count, n_classes, box))
+    return state
 
 
-def state_of(iteration, arrays, meta):
-    """The :class:`State` of a checkpoint's ``(iteration, arrays, meta)``."""
+def state_of(iteration, arrays, meta, out_dir, grow=False):
+    """The :class:`State` of the checkpoint ``(iteration, arrays, meta)`` in ``out_dir``; InputError where it
+    lacks part of one (an edited checkpoint: the manifest, compared first, says which version wrote it)."""
+    lacks = [n for n in STATE_ARRAYS if n not in arrays] + ["history"] * ("history" not in meta)
+    if lacks:
+        raise InputError("the checkpoint %s lacks %s: %s" % (outputs.checkpoint_dir(out_dir, iteration),
+                                                            ", ".join(lacks), rundir.restart(grow)))
     return State(iteration, arrays["params"], arrays["classes"], arrays["scores"], arrays["references"],
                  arrays["cutoffs"], arrays["averages"], meta["history"], arrays.get("sums"))
 

@@ -72,11 +72,26 @@ def class_table(result, pixel_size):
     return rows
 
 
-def particle_table(source, result):
-    p = result.params
-    return [(int(source.ids[i]), source.names[i], int(result.classes[i]) + 1, round(float(p[i, PSI]), 4),
-             round(float(p[i, SX]), 4), round(float(p[i, SY]), 4), int(p[i, MIRROR]),
-             round(float(result.scores[i]), 6)) for i in range(len(p))]
+class ParticleRows:
+    """The rows of ``particles.star``, made as they are iterated (``ROWS`` at a time), so that a table
+    of 10^6 particles is written without holding 10^6 row tuples (~0.5 KB each with emtable's rows);
+    iterable more than once, as :func:`~.star.write_star` iterates it."""
+    ROWS = 65536
+
+    def __init__(self, source, result):
+        self.source, self.result = source, result
+
+    def __len__(self):
+        return len(self.result.params)
+
+    def __iter__(self):
+        source, result = self.source, self.result
+        for lo in range(0, len(self), self.ROWS):
+            part = slice(lo, lo + self.ROWS)
+            p = result.params[part]
+            yield from zip(source.ids[part].tolist(), source.names[part], (result.classes[part] + 1).tolist(),
+                           *([round(v, 4) for v in p[:, j].tolist()] for j in (PSI, SX, SY)),
+                           p[:, MIRROR].astype(np.int64).tolist(), [round(v, 6) for v in result.scores[part].tolist()])
 
 
 def write(out_dir, source, result):
@@ -86,7 +101,7 @@ def write(out_dir, source, result):
     write_star(os.path.join(out_dir, CLASSES_STAR), {"classes": (CLASS_COLUMNS, class_table(result, pixel_size))})
     write_json(os.path.join(out_dir, HISTORY_JSON), result.history)
     write_star(os.path.join(out_dir, PARTICLES_STAR),
-               {"particles": (PARTICLE_COLUMNS, particle_table(source, result))})
+               {"particles": (PARTICLE_COLUMNS, ParticleRows(source, result))})
 
 
 ParticleResults = namedtuple("ParticleResults", "ids classes params scores")

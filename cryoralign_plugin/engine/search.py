@@ -53,7 +53,14 @@ class Candidates:
 
     @classmethod
     def concatenate(cls, parts):
-        return cls(*[np.concatenate([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__])
+        """The ``parts`` joined, which are consumed: each field's arrays are released once joined, so the
+        join holds one field twice, not every field (a pass's candidates are ~150 bytes per particle)."""
+        joined = {}
+        for f in cls.__dataclass_fields__:
+            joined[f] = np.concatenate([getattr(p, f) for p in parts])
+            for p in parts:
+                setattr(p, f, None)
+        return cls(**joined)
 
 
 def best_candidates(reference, score, shift, mirror, angle, offsets, count=CANDIDATES):

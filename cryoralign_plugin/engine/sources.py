@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import InputError
 from .mrc import StackMaps, image_data, stack_shape, voxel_size
-from .particle_table import read_particle_table
+from .particle_table import Names, read_particle_table
 
 __all__ = ["ParticleSource", "ArraySource", "StarSource"]
 
@@ -27,9 +27,9 @@ class ParticleSource(abc.ABC):
     """Random access to N square particle images.
 
     Attributes: ``count``, ``box``, ``pixel_size`` (float or None), ``ids`` (int64, length N), ``names``
-    (list of str), ``prior`` ((N, 4) float64 ``[psi_deg, sx, sy, mirror]`` or None), ``ctf`` (the
-    particles' :class:`~.ctf.CtfColumns`, or None without CTF; ``source.ctf.images(indices, box,
-    pixel_size)`` gives a batch's CTFs).  Subclasses provide :meth:`_fill`; a source is a context
+    (:class:`~.particle_table.Names`, a sequence of str), ``prior`` ((N, 4) float64 ``[psi_deg, sx, sy,
+    mirror]`` or None), ``ctf`` (the particles' :class:`~.ctf.CtfColumns`, or None without CTF;
+    ``source.ctf.images(indices, box, pixel_size)`` gives a batch's CTFs).  Subclasses provide :meth:`_fill`; a source is a context
     manager whose exit calls :meth:`close`.
     """
 
@@ -37,7 +37,7 @@ class ParticleSource(abc.ABC):
         self.count = int(count)
         self.box = int(box)
         self.ids = np.asarray(ids, dtype=np.int64)
-        self.names = list(names)
+        self.names = names if isinstance(names, Names) else Names(names)
         self._prior = None if prior is None else np.asarray(prior, dtype=np.float64)
         self.pixel_size = None if pixel_size is None else float(pixel_size)
         if ctf is not None and len(ctf) != self.count:

@@ -1,4 +1,4 @@
-"""STAR tables (RELION's text format) read and written with emtable.
+"""STAR tables (RELION's text format) read with emtable and written in its format.
 
 emtable reads one table from an open file but cannot list a file's tables, and it splits a row on
 blanks; this module adds the scan that finds each ``data_`` block, reads one by name, and quotes the
@@ -156,39 +156,54 @@ def _star_value(v):
     return v
 
 
-def _quote_columns(columns, rows):
-    """Quote string columns whose values contain whitespace or are empty (STAR values are blank-separated).
-
-    A column is quoted in every row if any row needs it, so that emtable's reader (which picks its
-    splitting rule from the first row) parses all rows the same way.
-    """
-    rows = [tuple(_star_value(v) for v in r) for r in rows]
+def _quoted_columns(columns, rows):
+    """Which string columns to quote: those with a value that holds whitespace or is empty (STAR values
+    are blank-separated).  A column is quoted in every row if any row needs it, so that emtable's reader
+    (which picks its splitting rule from the first row) parses all rows the same way."""
+    quote = [False] * len(columns)
     for r in rows:
         if len(r) != len(columns):
             raise ValueError("STAR row %r has %d values for %d columns %s" % (r, len(r), len(columns), columns))
-    quote = []
-    for j, c in enumerate(columns):
-        need = False
-        for r in rows:
-            v = r[j]
+        for j, v in enumerate(r):
             if isinstance(v, str):
                 if '"' in v or "'" in v or "\n" in v:
                     raise ValueError("STAR value %r in column %s contains a quote or newline; "
-                                     "rename it without quotes" % (v, c))
-                if v == "" or any(ch.isspace() for ch in v):
-                    need = True
-        quote.append(need)
-    if any(quote):
-        rows = [tuple('"%s"' % v if q else v for v, q in zip(r, quote)) for r in rows]
-    return rows
+                                     "rename it without quotes" % (v, columns[j]))
+                if v.split() != [v]:   # empty, or holds whitespace
+                    quote[j] = True
+    return quote
+
+
+def _line_format(values):
+    """emtable's line format, from the first row as emtable's writer takes it: each column right-aligned
+    one wider than its value there, floats with 6 decimals."""
+    return " ".join("{:>%d%s} " % (len("%0.6f" % v if isinstance(v, float) else str(v)) + 1,
+                                   ".6f" if isinstance(v, float) else "") for v in values) + "\n"
+
+
+def _write_table(f, name, columns, rows):
+    """One table, as emtable's ``Table.writeStar`` writes it, a row at a time (no row objects kept)."""
+    quote = _quoted_columns(columns, rows)
+    f.write("\ndata_%s\n\nloop_\n" % name)
+    f.write("".join("_%s \n" % c for c in columns))
+    line = None
+    for r in rows:
+        values = [_star_value(v) for v in r]
+        if any(quote):
+            values = ['"%s"' % v if q else v for v, q in zip(values, quote)]
+        line = line or _line_format(values)
+        f.write(line.format(*values))
+    f.write("\n")
 
 
 def write_star(path, tables):
-    """Write STAR tables atomically.
+    """Write STAR tables atomically, as emtable writes them.
 
-    ``tables`` maps a table name to ``(columns, rows)``: a list of column names (``"rlnImageName"``) and a
-    list of tuples, one value per column.  Tables are written in the dict's order; an empty ``rows`` list
-    still writes the columns so the table reads back (empty) with its columns.
+    ``tables`` maps a table name to ``(columns, rows)``: a list of column names (``"rlnImageName"``) and
+    the rows, tuples of one value per column: a list, or any iterable that can be iterated twice (once
+    to choose the quoting, once to write; e.g. a generator's factory object), so that a table of 10^6
+    particles is written without holding its rows.  Tables are written in the dict's order; an empty
+    ``rows`` still writes the columns so the table reads back (empty) with its columns.
     """
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
@@ -197,14 +212,4 @@ def write_star(path, tables):
                 columns = [str(c) for c in columns]
                 if not columns:
                     raise ValueError("STAR table %s has no columns" % name)
-                rows = _quote_columns(columns, rows)
-                t = Table(columns=columns)
-                for r in rows:
-                    t.addRow(*r)
-                if rows:
-                    t.writeStar(f, tableName=name)
-                else:
-                    w = Table.Writer(f)
-                    w.writeTableName(name)
-                    w.writeHeader(list(t.getColumns()))
-                    w.writeNewline()
+                _write_table(f, name, columns, rows)

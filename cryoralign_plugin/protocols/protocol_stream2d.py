@@ -185,11 +185,15 @@ class CryoralignProtStream2D(CryoralignProtClassify2D):
 
     # --------------------------- UTILS functions -----------------------------------------------
     def _inputState(self):
-        """(closed, last id, particles arrived since the last batch) of the input set, read afresh."""
+        """(closed, last id, particles arrived since the last batch) of the input set, read afresh.
+
+        Of its properties only the stream state is read, and as open where the file has none: a set
+        that never held an item has no Properties table yet (``loadAllProperties`` fails on it), its
+        producer having written nothing of it."""
         inputSet = SetOfParticles(filename=self._getInputParticles().getFileName())
         try:
-            inputSet.loadAllProperties()
-            closed = inputSet.isStreamClosed()   # read first: a closed set has all its items
+            # read first: a closed set has all its items
+            closed = int(inputSet.getProperty('_streamState', Set.STREAM_OPEN)) == Set.STREAM_CLOSED
             last = next(inputSet.iterItems(orderBy='id', direction='DESC', limit=1), None)
             lastId = last.getObjId() if last is not None else 0
             arrived = sum(1 for _ in inputSet.iterItems(where='id>%d' % self._scheduledId))

@@ -104,6 +104,27 @@ class TestStreamingForm(BaseTest):
         self.assertIn("closed while empty", message)
         self.assertNotIn("\n", message)
 
+    def test_aNewInputWithoutItemsIsWaitedFor(self):
+        # A brand-new set, open and written but still empty: its sqlite has no tables yet (Scipion writes
+        # no properties of a set that never had an item), so reading all its properties failed
+        # (sqlite3.OperationalError: no such table: Properties) in the protocol's first poll.
+        fresh = SetOfParticles(filename=self.proj.getTmpPath("new_empty.sqlite"))
+        fresh.copyInfo(self.imp.outputParticles)
+        fresh.setStreamState(Set.STREAM_OPEN)
+        fresh.write()
+        prot = self.newProtocol(CryoralignProtStream2D, inputParticles=fresh, useGpu=False, numberOfClasses=3)
+        prot._scheduledId, prot._finalScheduled, prot._lastBatchStep = 0, False, None
+        self.assertEqual(prot._inputState(), (False, 0, 0))
+        prot._checkNewInput()
+        self.assertEqual(len(prot._steps), 0)                # waits: no batch step
+        fresh.append(self.imp.outputParticles.getFirstItem().clone())   # its first item: now it has tables
+        fresh.write()
+        self.assertEqual(prot._inputState(), (False, 1, 1))
+        fresh.setStreamState(Set.STREAM_CLOSED)
+        fresh.write()
+        fresh.close()
+        self.assertEqual(prot._inputState(), (True, 1, 1))
+
 
 @slow
 class TestStreaming(BaseTest):

@@ -83,18 +83,35 @@ def _decide(out, found, new, resume, overwrite, grow=False):
         raise InputError("%s holds a previous run: use --continue to resume it, --overwrite to replace it, or "
                          "another --out" % out)
     if found.damaged:
-        raise InputError("the manifest %s is damaged, so the run in %s cannot be checked against this one: "
-                         "use --overwrite to start it again, or another --out"
-                         % (os.path.join(out, outputs.MANIFEST_JSON), out))
+        raise InputError("the manifest %s is damaged, so the run in %s cannot be checked against this one: %s"
+                         % (os.path.join(out, outputs.MANIFEST_JSON), out, restart(grow)))
     if grow and "growth" not in found.manifest:
         raise InputError("%s holds a run that was not started with --grow, which cannot grow: start a "
                          "growing run in another --out" % out)
-    changed = differences(_comparable(found.manifest), _comparable(new)) if grow \
-        else differences(found.manifest, new)
-    if changed:
-        raise InputError("%s belongs to another run (%s): run with that run's input and settings, or start a "
-                         "new run (--overwrite, or another --out)" % (out, "; ".join(changed)))
+    check_same_run(out, found.manifest, new, grow)
     return RESUME
+
+
+def restart(grow=False):
+    """How to start again where a run cannot be resumed (a growing run takes no --overwrite)."""
+    return "start the growing run again in another --out, or empty this one" if grow else \
+        "start a new run (--overwrite, or another --out)"
+
+
+def check_same_run(out, old, new, grow=False):
+    """InputError naming every difference unless manifest ``new`` is that of the run ``old`` in ``out``
+    (of a growing run, without what grows).  One written by another version (or manifest format) is named
+    as such: its settings may match but were resolved by that version's rules, so this one never continues it."""
+    changed = differences(_comparable(old), _comparable(new)) if grow else differences(old, new)
+    if not changed:
+        return
+    if (old.get("version"), old.get("format")) != (new.get("version"), new.get("format")):
+        raise InputError("%s holds a run of cryoralign %s (manifest format %s), which this one (%s, format %s) "
+                         "cannot continue (%s): continue it with that version, or %s"
+                         % (out, old.get("version", "(unknown)"), old.get("format", "(unknown)"), new.get("version"),
+                            new.get("format"), "; ".join(changed), restart(grow)))
+    raise InputError("%s belongs to another run (%s): run with that run's input and settings, or %s"
+                     % (out, "; ".join(changed), restart(grow)))
 
 
 class Claim:
@@ -109,13 +126,15 @@ class Claim:
             self.lock = None
 
 
-def claim(out_dir, new, resume=False, overwrite=False, iterations=None, inputs=(), log=None, grow=False):
+def claim(out_dir, new, resume=False, overwrite=False, iterations=None, inputs=(), log=None, grow=False,
+          check=None):
     """Claim ``out_dir`` for the run described by manifest ``new``; a :class:`Claim` (keep it until done).
 
     See the module documentation for the rules.  ``iterations`` (the total asked for) is checked
-    against the iterations done when resuming.  ``grow``: resume the run there with a grown input
-    (``new`` replaces its manifest).  Every refusal is an InputError raised before anything is written
-    into the folder.
+    against the iterations done when resuming, and ``check(iteration, arrays, meta)``, if given, is
+    called with the checkpoint to resume (raising InputError where it cannot be).  ``grow``: resume the
+    run there with a grown input (``new`` replaces its manifest).  Every refusal is an InputError raised
+    before anything is written into the folder.
     """
     out = check_out(out_dir, inputs)
     found = survey(out)
@@ -132,9 +151,11 @@ def claim(out_dir, new, resume=False, overwrite=False, iterations=None, inputs=(
         if action == RESUME:
             last = outputs.last_checkpoint(out)
             done = 0 if last is None else last[0]
+            if last is not None and check is not None:
+                check(*last)
             if iterations is not None and iterations < done:
-                raise InputError("%d iterations are done already in %s: ask for %d or more (--iterations), or "
-                                 "start a new run (--overwrite, or another --out)" % (done, out, done))
+                raise InputError("%d iterations are done already in %s: ask for %d or more (--iterations), or %s"
+                                 % (done, out, done, restart(grow)))
     except BaseException:
         if lock is not None:
             lock.release(remove=True)

@@ -103,7 +103,9 @@ _MISSING = object()
 def _comparable(m):
     """A growing run's manifest without what may change from one batch to the next."""
     kept = {k: v for k, v in m.items() if k not in GROWING_FIELDS}
-    kept["settings"] = {k: v for k, v in m.get("settings", {}).items() if k not in GROWING_SETTINGS}
+    settings = m.get("settings", {})
+    kept["settings"] = {k: v for k, v in settings.items() if k not in GROWING_SETTINGS} \
+        if isinstance(settings, dict) else settings
     return kept
 
 

@@ -67,7 +67,7 @@ def fingerprint(source, use_prior):
         "box": int(source.box),
         "pixel_size": source.pixel_size,
         "ids": digest(np.asarray(source.ids, np.int64)),
-        "names": digest("\n".join(source.names)),
+        "names": digest(source.names.text()),
         "pixels": digest(images),
     }
     if use_prior and source.prior is not None:

@@ -1,7 +1,9 @@
 """A growing run (mra --grow): batches placed against the current classes, a class seeded when a
 view the classes lack arrives, the final pass, the prefix check, and resuming an interrupted batch."""
 import dataclasses
+import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -101,6 +103,55 @@ def test_another_prefix_or_a_shrunk_input_is_refused_writing_nothing(stream, tmp
     with pytest.raises(InputError, match="has 100 already"):
         grow.grow_multi_reference(ArraySource(images[:80]), 3, SETTINGS, out, log=lambda *_: None)
     assert {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)} == before
+
+
+def _old_version(out):
+    _edit(os.path.join(out, outputs.MANIFEST_JSON), lambda m: m.update(version="0.0.9"))
+
+
+def _growth_without_after(out):
+    _edit(os.path.join(out, outputs.MANIFEST_JSON), lambda m: [g.pop("after") for g in m["growth"]])
+
+
+def _checkpoints_without_cutoffs(out):
+    for name in os.listdir(out):
+        if outputs.is_checkpoint(name):
+            path = os.path.join(out, name)
+            _edit(os.path.join(path, "meta.json"), lambda m: m["arrays"].remove("cutoffs"))
+            with np.load(os.path.join(path, "state.npz")) as z:
+                arrays = {k: z[k] for k in z.files if k != "cutoffs"}
+            np.savez(os.path.join(path, "state.npz"), **arrays)
+
+
+def _edit(path, edit):
+    with open(path) as f:
+        recorded = json.load(f)
+    edit(recorded)
+    with open(path, "w") as f:
+        json.dump(recorded, f)
+
+
+@pytest.mark.parametrize("edit, said", [
+    (_old_version, "holds a run of cryoralign 0.0.9 (manifest format 1), which this one"),
+    (_growth_without_after, "does not record the growing run's batches"),
+    (_checkpoints_without_cutoffs, "lacks cutoffs"),
+])
+def test_a_run_recorded_otherwise_is_refused_in_one_line_writing_nothing(stream, run, tmp_path, edit, said):
+    """A growing run's folder as another version would leave it: one line says what differs and that a new
+    growing run is the fix (not --overwrite, which --grow does not take); the folder is left as it was."""
+    out = str(tmp_path / "run")
+    shutil.copytree(run[0], out)
+    edit(out)
+    before = {os.path.join(top, n): os.path.getmtime(os.path.join(top, n))
+              for top, _, files in os.walk(out) for n in files}
+    more = np.concatenate([stream[0], stream[0][:10]])          # the run's 320 particles, then 10 new
+    with pytest.raises(InputError, match=re.escape(said)) as err:
+        grow.grow_multi_reference(ArraySource(more), 3, SETTINGS, out, log=lambda *_: None)
+    message = str(err.value)
+    assert "\n" not in message and "--overwrite" not in message
+    assert message.endswith("start the growing run again in another --out, or empty this one")
+    assert {os.path.join(top, n): os.path.getmtime(os.path.join(top, n))
+            for top, _, files in os.walk(out) for n in files} == before
 
 
 def test_an_interrupted_batch_resumes_to_the_uninterrupted_result(stream, run, tmp_path):

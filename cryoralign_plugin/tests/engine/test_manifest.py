@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
+from cryoralign_plugin import __version__
 from cryoralign_plugin.engine import align, cli, loop, outputs, synthetic
 from cryoralign_plugin.engine.errors import InputError
 from cryoralign_plugin.engine.mrc import read_stack
@@ -268,6 +269,48 @@ def test_continue_refuses_a_changed_pixel_size_references_or_command(data, tmp_p
     msg = refused("belongs to another run", out, lambda: align.align_reference_free(
         src, out_dir=str(out), resume=True, iterations=2, **quiet))
     assert "command: mra -> rfa" in msg
+
+
+def edit_manifest(out, edit):
+    """``edit(manifest)`` applied to the run's ``run.json``, as an older version would have written it."""
+    path = out / outputs.MANIFEST_JSON
+    recorded = json.loads(path.read_text())
+    edit(recorded)
+    path.write_text(json.dumps(recorded))
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda m: m.update(version="0.0.9"), "holds a run of cryoralign 0.0.9 (manifest format 1), which this one "
+                                          "(%s, format 1) cannot continue (version: 0.0.9 -> %s): continue it "
+                                          "with that version" % (__version__, __version__)),
+    (lambda m: m.pop("format"), "(manifest format (unknown))"),
+    (lambda m: m["settings"].pop("ring_step"), "belongs to another run (settings.ring_step: (none) -> 1)"),
+    (lambda m: m["settings"].update(ring_step=2), "belongs to another run (settings.ring_step: 2 -> 1)"),
+])
+def test_continue_refuses_a_run_recorded_by_another_version_or_with_other_settings(data, tmp_path, edit, said):
+    src, out = star_source(data), tmp_path / "out"
+    mra(src, out, iterations=1)
+    edit_manifest(out, edit)
+    msg = refused("cannot continue|belongs to another run", out, lambda: mra(src, out, iterations=2, resume=True))
+    assert said in msg and msg.endswith("start a new run (--overwrite, or another --out)")
+
+
+@pytest.mark.parametrize("lacks", ["cutoffs", "history"])
+def test_continue_refuses_a_checkpoint_lacking_part_of_the_state(data, tmp_path, lacks):
+    src, out = star_source(data), tmp_path / "out"
+    mra(src, out, iterations=1)
+    # consistent in itself, as a version that did not keep it would write it (else it is damaged: skipped)
+    checkpoint = outputs.checkpoint_dir(str(out), 1)
+    meta = json.load(open(os.path.join(checkpoint, "meta.json")))
+    meta.pop(lacks, None)
+    if lacks in meta["arrays"]:
+        meta["arrays"].remove(lacks)
+        with np.load(os.path.join(checkpoint, "state.npz")) as z:
+            arrays = {k: z[k] for k in z.files if k != lacks}
+        np.savez(os.path.join(checkpoint, "state.npz"), **arrays)
+    json.dump(meta, open(os.path.join(checkpoint, "meta.json"), "w"))
+    refused("the checkpoint %s lacks %s: start a new run" % (checkpoint, lacks), out,
+            lambda: mra(src, out, iterations=2, resume=True))
 
 
 def test_continue_with_fewer_iterations_than_done_is_refused(data, tmp_path):

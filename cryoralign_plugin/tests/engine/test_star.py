@@ -95,3 +95,31 @@ def test_latin1_star_is_read(tmp_path):
     binary.write_bytes(b"\x00\x01\x02\xff" * 300)
     with pytest.raises(InputError, match=r"stack\.star is not a text file"):
         read_star(binary, "particles")
+
+
+def test_write_star_writes_emtables_text_from_rows_it_does_not_hold(tmp_path):
+    """The rows may be any re-iterable (outputs.ParticleRows makes 10^6 of them as they are written);
+    the text is emtable's own writer's, byte for byte (widths from the first row, quoted names)."""
+    from emtable import Table
+    cols = ["rlnImageId", "rlnImageName", "rlnAnglePsi", "rlnIsFlip"]
+    rows = [(7, "1@a b.mrcs", 12.5, 1), (123456, "22@c.mrcs", -359.123456789, 0), (9, "3@d.mrcs", 1e-7, 1)]
+
+    class Rows:   # iterable twice, never a list
+        def __iter__(self):
+            return iter(rows)
+
+    ours = tmp_path / "ours.star"
+    write_star(ours, {"particles": (cols, Rows()), "empty": (["rlnA"], [])})
+    theirs = tmp_path / "theirs.star"
+    with open(theirs, "w") as f:
+        f.write("\n# version 30001 (written by cryoralign)\n")
+        t = Table(columns=cols)
+        for r in rows:
+            t.addRow(r[0], '"%s"' % r[1], *r[2:])
+        t.writeStar(f, tableName="particles")
+        w = Table.Writer(f)
+        w.writeTableName("empty")
+        w.writeHeader(list(Table(columns=["rlnA"]).getColumns()))
+        w.writeNewline()
+    assert ours.read_text() == theirs.read_text()
+    assert read_star(ours, "particles").getColumnValues("rlnImageName")[0] == "1@a b.mrcs"
