@@ -127,10 +127,11 @@ def main():
         row["searches_per_particle"], row["peak_rss_mb"], row["purity"]))
     print("load average %.1f before, %.1f after, %d cores; seconds per iteration: %s"
           % (load_before, load_after, row["cores"], row["iteration_seconds"]))
-    print("PROJECTION (not measured) to %d particles, K = %d, cost linear in the searches (%.2f per particle "
-          "there): %.0f s from this run's wall time, %.0f s from its CPU time over %d cores"
-          % (args.project, args.classes, row["projected_searches_per_particle"], row["projected_seconds"],
-             row["projected_seconds_from_cpu"], row["cores"]))
+    if args.project != args.particles:   # a run of the projected size is the measurement itself
+        print("PROJECTION (not measured) to %d particles, K = %d, cost linear in the searches (%.2f per particle "
+              "there): %.0f s from this run's wall time, %.0f s from its CPU time over %d cores"
+              % (args.project, args.classes, row["projected_searches_per_particle"], row["projected_seconds"],
+                 row["projected_seconds_from_cpu"], row["cores"]))
     print(json.dumps(dict(benchmark="large_classification", **row)))
 
 
