@@ -62,7 +62,8 @@ def _run(ctx, n_refs, initial_state, reseed, out_dir, resume, overwrite, command
                                   ctx.source.box)
             claim = rundir.claim(out_dir, new, resume, overwrite, ctx.settings.iterations,
                                  rundir.input_files(ctx.input_source, inputs), ctx.log,
-                                 check=lambda *found: loop.state_of(*found, out_dir))
+                                 check=lambda *found: loop.state_for(*found, out_dir, ctx.source.count,
+                                                                     ctx.source.box, n_refs))
         # rank 0 decides whether to resume; the others wait for it here (if it refuses, the CLI aborts them)
         resume = bool(ctx.comm.allgather(np.array([claim is not None and claim.resume]))[0])
     try:

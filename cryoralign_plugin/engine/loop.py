@@ -355,9 +355,14 @@ def save(out_dir, state):
 def restore(out_dir, count, box, n_classes):
     """The last complete checkpoint as a :class:`State`, checked against this run; None if none."""
     found = outputs.last_checkpoint(out_dir)
-    if found is None:
-        return None
-    state = state_of(*found, out_dir)
+    return None if found is None else state_for(*found, out_dir, count, box, n_classes)
+
+
+def state_for(iteration, arrays, meta, out_dir, count, box, n_classes):
+    """:func:`state_of` the checkpoint, refused (InputError) unless it holds ``count`` particles and
+    ``n_classes`` references of ``box`` px: the check a resumed run's folder claim makes before it
+    removes anything (:func:`~.rundir.claim`'s ``check``)."""
+    state = state_of(iteration, arrays, meta, out_dir)
     if len(state.params) != count or state.references.shape[1:] != (box, box) \
             or len(state.references) != n_classes:
         raise InputError("the checkpoint in %s belongs to another run (%d particles, %d classes of %d px; "

@@ -313,6 +313,19 @@ def test_continue_refuses_a_checkpoint_lacking_part_of_the_state(data, tmp_path,
             lambda: mra(src, out, iterations=2, resume=True))
 
 
+def test_continue_refuses_a_checkpoint_of_another_size_before_removing_the_results(data, tmp_path):
+    # A finished run whose checkpoint holds 4 classes where its manifest says 3 (copied in from another
+    # run): the refusal comes before particles.star is removed (before, it was removed first).
+    src, out, four = star_source(data), tmp_path / "out", tmp_path / "four"
+    mra(src, out, iterations=1)
+    mra(src, four, iterations=1, n_classes=4)
+    shutil.rmtree(outputs.checkpoint_dir(str(out), 1))
+    shutil.copytree(outputs.checkpoint_dir(str(four), 1), outputs.checkpoint_dir(str(out), 1))
+    assert (out / outputs.PARTICLES_STAR).exists()
+    refused("the checkpoint in %s belongs to another run \\(60 particles, 4 classes" % out, out,
+            lambda: mra(src, out, iterations=2, resume=True))
+
+
 def test_continue_with_fewer_iterations_than_done_is_refused(data, tmp_path):
     src, out = star_source(data), tmp_path / "out"
     mra(src, out, iterations=3)
