@@ -184,12 +184,13 @@ def _line_format(values):
 def _write_table(f, name, columns, rows):
     """One table, as emtable's ``Table.writeStar`` writes it, a row at a time (no row objects kept)."""
     quote = _quoted_columns(columns, rows)
+    quoted = any(quote)
     f.write("\ndata_%s\n\nloop_\n" % name)
     f.write("".join("_%s \n" % c for c in columns))
     line = None
     for r in rows:
         values = [_star_value(v) for v in r]
-        if any(quote):
+        if quoted:
             values = ['"%s"' % v if q else v for v, q in zip(values, quote)]
         line = line or _line_format(values)
         f.write(line.format(*values))
