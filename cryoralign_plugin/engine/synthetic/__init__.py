@@ -44,11 +44,9 @@ from .truth_files import CTF_TRUTH_COLUMNS, TRUTH_COLUMNS, read_truth, read_trut
 __all__ = ["CHUNK", "CONTINUOUS", "CTF_CHUNK", "CTF_KEYS", "CTF_TRUTH_COLUMNS", "CtfSimulation",
            "OPTICS_COLUMNS", "PAIR_TILTS", "PARTICLE_CTF_COLUMNS", "PHANTOM_CANDIDATES", "POLE",
            "SIMILARITY_ANGLES", "SIMILARITY_BOX", "SLICEM_PATH", "SOURCES", "TRUTH_COLUMNS", "ZOO_CANDIDATES",
-           "add_noise",
-           "class_labels", "continuous_directions", "continuous_views", "default_radius", "direction_spread",
-           "direction_views", "ideal_partition", "main", "make_dataset", "make_particles", "make_references",
-           "most_distinct", "noise_sigma", "particle_ctfs", "phantom_pairs", "phantom_views",
-           "phantom_zoo", "pick_views",
-           "purity", "random_parameters", "rare_view_weights", "read_truth", "read_truth_ctf",
-           "read_truth_directions", "register_errors", "rotational_similarity", "signal_variance",
-           "slicem_references"]
+           "add_noise", "class_labels", "continuous_directions", "continuous_views", "default_radius",
+           "direction_spread", "direction_views", "ideal_partition", "main", "make_dataset", "make_particles",
+           "make_references", "most_distinct", "noise_sigma", "particle_ctfs", "phantom_pairs",
+           "phantom_views", "phantom_zoo", "pick_views", "purity", "random_parameters", "rare_view_weights",
+           "read_truth", "read_truth_ctf", "read_truth_directions", "register_errors", "rotational_similarity",
+           "signal_variance", "slicem_references"]
