@@ -37,7 +37,7 @@ def test_near_duplicate_pairs():
         syn.phantom_pairs(5, BOX)
 
 
-def test_phantom_zoo_keeps_many_views_distinct():
+def test_phantom_zoo_keeps_many_views_distinct(tmp_path):
     # Measured (seed 0, 64 px, 5 degree steps): max pairwise similarity of 60 zoo views 0.803,
     # of 60 views of one phantom 0.959: one phantom cannot give many distinct classes.
     views = syn.phantom_zoo(60, BOX, seed=0)
@@ -52,4 +52,5 @@ def test_phantom_zoo_keeps_many_views_distinct():
     assert np.allclose(views[:, mask].std(axis=1), 1.0, atol=1e-3)
     assert np.array_equal(syn.make_references("phantom-zoo", 60, BOX, seed=0), views)
     with pytest.raises(ValueError, match="leave max_similarity out"):
-        syn.make_dataset("unused", 10, BOX, 3, source="phantom-zoo", max_similarity=0.9)
+        syn.make_dataset(str(tmp_path / "unused"), 10, BOX, 3, source="phantom-zoo", max_similarity=0.9)
+    assert not (tmp_path / "unused").exists()
