@@ -80,8 +80,9 @@ def compact_layout(grid):
 def compact_spectra(rings, grid, weighted):
     """Ring spectra ``(N, C)`` complex64 in the compact layout (see :func:`compact_layout`), with
     the SPARX ring weights when ``weighted`` (:func:`~.rings.ring_spectra`)."""
-    parts = ring_ops.ring_spectra(rings, grid, weighted)
-    return np.ascontiguousarray(np.concatenate([p.reshape(len(rings), -1) for p in parts], axis=1))
+    out = np.empty((len(rings), int((grid.lengths // 2 + 1).sum())), np.complex64)
+    ring_ops.ring_spectra(rings, grid, weighted, out=out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

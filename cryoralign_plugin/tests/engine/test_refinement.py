@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from cryoralign_plugin.engine import align, cli, images, loop, parallel, refine, search, synthetic
+from cryoralign_plugin.engine import rings as ring_ops
 from cryoralign_plugin.engine.backends.cpu import CpuBackend
 from cryoralign_plugin.engine.geometry import MIRROR, PSI, SX, SY, inverse, polar_grid, rotation, shift_grid
 from cryoralign_plugin.engine.settings import Settings
@@ -227,6 +228,17 @@ def test_compact_spectra_hold_each_ring_up_to_its_nyquist():
     for r, (o, n) in enumerate(zip(grid.offsets, grid.lengths)):
         np.testing.assert_allclose(compact[:, starts[r]:starts[r] + counts[r]], np.fft.rfft(rings[:, o:o + n]),
                                    rtol=1e-5, atol=1e-4)
+
+
+def test_compact_spectra_are_the_ring_groups_spectra_side_by_side():
+    """Written in place (``rings.ring_spectra``'s ``out``), bit for bit the groups' spectra joined,
+    weighted (each ring's weight, short rings' Nyquist halved) or not."""
+    grid = polar_grid(27)
+    rings = np.random.default_rng(2).normal(size=(5, grid.total)).astype(np.float32)
+    for weighted in (False, True):
+        groups = ring_ops.ring_spectra(rings, grid, weighted)
+        expected = np.concatenate([g.reshape(len(rings), -1) for g in groups], axis=1)
+        np.testing.assert_array_equal(refine.compact_spectra(rings, grid, weighted), expected)
 
 
 def test_the_command_line_turns_it_off():
