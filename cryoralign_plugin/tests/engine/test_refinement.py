@@ -176,6 +176,30 @@ def test_results_do_not_depend_on_batches_threads_or_class_chunks(views, monkeyp
         np.testing.assert_array_equal(scores_, expected[1])
 
 
+def test_reference_spectra_are_computed_only_where_particles_need_them(views):
+    """The 3x3 neighbourhoods of the particles' (class, grid shift) only, bit for bit as at every
+    extended shift, and a particle's refinement does not depend on which others come with it."""
+    parts, _, _ = synthetic.make_particles(views, 30, snr=0.5, seed=8)
+    ctx = context(parts)
+    cand, choice, params, scores = grid_result(ctx, views)
+    refiner = refine.Refiner(ctx.backend, views, ctx.grid, ctx.shifts, 1.0)
+    classes, shift = cand.reference[:, 0].astype(np.int64), cand.shift[:, 0].astype(np.int64)
+    spectra, rows = refiner.spectra(range(len(views)), classes, shift)
+    n_ext = len(refiner.ext.shifts)
+    wanted = np.unique(classes[:, None] * n_ext + refiner.ext.neighbours[shift])
+    np.testing.assert_array_equal(np.flatnonzero(rows >= 0), wanted)
+    assert len(spectra) == len(wanted) <= len(rows) // 3    # 219 of 810 here
+    every = search.reference_rings(ctx.backend, views, ctx.grid, refiner.ext.shifts)
+    every = refine.compact_spectra(every.reshape(len(rows), -1), ctx.grid, weighted=True)
+    np.testing.assert_array_equal(spectra[rows[wanted]], every[wanted])
+    expected = refine.refine_pass(ctx, views, cand, choice, params, scores)
+    few = np.array([3, 17, 29])
+    alone = search.Candidates(*(getattr(cand, f)[few] for f in search.Candidates.__dataclass_fields__))
+    found = refine.refine_pass(context(parts[few]), views, alone, choice[few], params[few], scores[few])
+    np.testing.assert_array_equal(found[0], expected[0][few])
+    np.testing.assert_array_equal(found[1], expected[1][few])
+
+
 def test_without_a_shift_search_nothing_is_refined(views):
     parts, _, _ = synthetic.make_particles(views, 20, snr=1.0, seed=3, shift_range=0.0)
     off = one_search(parts, views, shift_range=0, refine_shifts=False)
