@@ -29,6 +29,7 @@ batches, MPI ranks, threads or ``--continue``.
 """
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import scipy.fft
 from numba import njit, prange
@@ -79,9 +80,10 @@ def compact_layout(grid):
 
 def compact_spectra(rings, grid, weighted):
     """Ring spectra ``(N, C)`` complex64 in the compact layout (see :func:`compact_layout`), with
-    the SPARX ring weights when ``weighted`` (:func:`~.rings.ring_spectra`)."""
+    the SPARX ring weights when ``weighted`` (:func:`~.rings.ring_spectra`); the FFTs run on the
+    threads of the numba kernels around them."""
     out = np.empty((len(rings), int((grid.lengths // 2 + 1).sum())), np.complex64)
-    ring_ops.ring_spectra(rings, grid, weighted, out=out)
+    ring_ops.ring_spectra(rings, grid, weighted, out=out, workers=numba.get_num_threads())
     return out
 
 
@@ -203,7 +205,7 @@ class Refiner:
         length = self.grid.maxrin
         spec = np.empty(rows.shape + (length // 2 + 1,), np.complex64)
         _cross_spectra(particles, refs, rows, mirror, self.starts, self.counts, spec)
-        ccf = scipy.fft.irfft(spec, n=length, axis=-1, workers=1)
+        ccf = scipy.fft.irfft(spec, n=length, axis=-1, workers=numba.get_num_threads())
         raw, value, angle = (np.empty(rows.shape) for _ in range(3))
         _peaks(ccf, raw, value, angle)
         return raw, value, angle

@@ -36,20 +36,21 @@ def dense(spectra, grid):
     return out
 
 
-def ring_spectra(rings, grid, weighted, out=None):
+def ring_spectra(rings, grid, weighted, out=None, workers=1):
     """Per ring group, the rfft of its rings ``(N, rings, length//2 + 1)`` (complex64).
 
     With ``weighted`` the SPARX ring weights are applied, halving a short ring's Nyquist bin, which
     appears twice once the ring is embedded in the longest one's spectrum.  With ``out`` (``(N, C)``
     complex64, ``C`` = the rings' ``length//2 + 1`` summed) the groups are written into consecutive
     column ranges of it, each ring's frequencies after the previous ring's, and returned as views of
-    it: one copy fewer than concatenating them.
+    it: one copy fewer than concatenating them.  ``workers``: the FFTs' threads (each transform
+    computes alike on any of them).
     """
     spectra, column = [], 0
     for first, end, length in groups(grid):
         lo = grid.offsets[first]
         block = rings[:, lo:lo + (end - first) * length].reshape(len(rings), end - first, length)
-        spec = scipy.fft.rfft(block, axis=-1, workers=1).astype(np.complex64, copy=False)
+        spec = scipy.fft.rfft(block, axis=-1, workers=workers).astype(np.complex64, copy=False)
         if out is not None:
             width = (end - first) * (length // 2 + 1)
             dest = out[:, column:column + width].reshape(spec.shape)
