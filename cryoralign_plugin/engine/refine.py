@@ -24,8 +24,8 @@ half-pixel centers.
 Cost per particle: one polar resampling of the particle and one of its reference, ten
 single-reference ring correlations (host, numba) and ten inverse FFTs of ``maxrin`` samples.  The
 reference spectra at the extended shifts that the pass's particles use are prepared once per pass,
-in chunks of classes within ``SPECTRA_BYTES``.  Everything is per particle in a fixed order, so results do not depend on
-batches, MPI ranks, threads or ``--continue``.
+in chunks of classes within ``SPECTRA_BYTES``.  Everything is per particle in a fixed order, so
+results do not depend on batches, MPI ranks, threads or ``--continue``.
 """
 from dataclasses import dataclass
 
