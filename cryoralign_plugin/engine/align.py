@@ -6,6 +6,8 @@ to the run (:mod:`.rundir`: never over an input, one run at a time, a manifest f
 continues only a run with the same manifest, ``overwrite`` replaces a previous run).  Under
 ``mpirun`` every rank calls the same function; the particles are split between them.
 """
+from contextlib import contextmanager
+
 import numpy as np
 
 from . import images as imgops
@@ -22,16 +24,19 @@ def _source(particles):
     return ArraySource(np.asarray(particles, dtype=np.float32))
 
 
+@contextmanager
 def _context(particles, settings, comm, log, out_dir=None):
-    """The run's :class:`~.loop.Context`; ``out_dir`` holds its cache of cropped particles."""
+    """The run's :class:`~.loop.Context`, with numba's parallel regions of this thread kept within the
+    run's CPU threads while it is open; ``out_dir`` holds its cache of cropped particles."""
     source = _source(particles)
     comm = comm or parallel.world()
     settings.check()
-    backend = get_backend(settings.backend, settings.threads, settings.gpu, comm.rank, settings.exhaustive)
-    log = log if comm.rank == 0 else (lambda *_: None)
-    fallback = backend.name == "cpu" and settings.gpu
-    log("backend: %s%s" % (backend.name, " (no usable GPU found: running on the CPU)" if fallback else ""))
-    return loop.Context(source, settings, comm, backend, log, out_dir)
+    with parallel.numba_threads(parallel.cpu_threads(settings.threads)):
+        backend = get_backend(settings.backend, settings.threads, settings.gpu, comm.rank, settings.exhaustive)
+        log = log if comm.rank == 0 else (lambda *_: None)
+        fallback = backend.name == "cpu" and settings.gpu
+        log("backend: %s%s" % (backend.name, " (no usable GPU found: running on the CPU)" if fallback else ""))
+        yield loop.Context(source, settings, comm, backend, log, out_dir)
 
 
 def _initial_params(ctx):
@@ -106,17 +111,16 @@ def align_reference_free(particles, settings=None, out_dir=None, resume=False, c
     ``inputs`` are ``(what, path)`` of input files besides the source's, never to be written over.
     """
     settings = settings or Settings(**options)
-    ctx = _context(particles, settings, comm, log, out_dir)
+    with _context(particles, settings, comm, log, out_dir) as ctx:
+        def initial_state():   # the average of the particles at their starting parameters
+            params = _initial_params(ctx)
+            classes = np.zeros(ctx.source.count, np.int64)
+            parity = np.arange(ctx.source.count) % 2
+            refs, cutoffs, averages = loop.class_references(ctx, params, classes,
+                                                            reference_ops.class_counts(classes, parity, 1))
+            return loop.State(0, params, classes, np.zeros(ctx.source.count), refs, cutoffs, averages, [])
 
-    def initial_state():   # the average of the particles at their starting parameters
-        params = _initial_params(ctx)
-        classes = np.zeros(ctx.source.count, np.int64)
-        parity = np.arange(ctx.source.count) % 2
-        refs, cutoffs, averages = loop.class_references(ctx, params, classes,
-                                                        reference_ops.class_counts(classes, parity, 1))
-        return loop.State(0, params, classes, np.zeros(ctx.source.count), refs, cutoffs, averages, [])
-
-    return _run(ctx, 1, initial_state, False, out_dir, resume, overwrite, "rfa", {}, inputs)
+        return _run(ctx, 1, initial_state, False, out_dir, resume, overwrite, "rfa", {}, inputs)
 
 
 def align_multi_reference(particles, n_classes=None, references=None, settings=None, out_dir=None,
@@ -128,15 +132,15 @@ def align_multi_reference(particles, n_classes=None, references=None, settings=N
     ``overwrite`` and ``inputs`` as for :func:`align_reference_free`.
     """
     settings = settings or Settings(**options)
-    ctx = _context(particles, settings, comm, log, out_dir)
-    refs = _initial_references(ctx, n_classes, references)
-    state = _unassigned_state(ctx, refs)
-    if references is not None:
-        given = np.asarray(references, np.float32)
-        start = {"references": given[None] if given.ndim == 2 else given}
-    else:
-        start = {"classes": int(n_classes), "seed": int(settings.seed)}
-    return _run(ctx, len(refs), lambda: state, True, out_dir, resume, overwrite, "mra", start, inputs)
+    with _context(particles, settings, comm, log, out_dir) as ctx:
+        refs = _initial_references(ctx, n_classes, references)
+        state = _unassigned_state(ctx, refs)
+        if references is not None:
+            given = np.asarray(references, np.float32)
+            start = {"references": given[None] if given.ndim == 2 else given}
+        else:
+            start = {"classes": int(n_classes), "seed": int(settings.seed)}
+        return _run(ctx, len(refs), lambda: state, True, out_dir, resume, overwrite, "mra", start, inputs)
 
 
 def _initial_references(ctx, n_classes, references):

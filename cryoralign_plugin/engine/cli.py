@@ -146,7 +146,7 @@ def _common(parser):
     g.add_argument("--gpu", type=_gpu_ids, default=d.gpu,
                    help='GPU ids, e.g. "0 1"; MPI rank i uses gpu[i %% n] (default: automatic, GPU 0)')
     g.add_argument("--threads", type=int, default=d.threads,
-                   help="CPU threads per rank (default: automatic, all cores)")
+                   help="CPU threads per rank (default: automatic, the cores shared by the ranks on the node)")
     g.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="particles read and searched at a time (default: %(default)s)")
     g.add_argument("--continue", dest="resume", action="store_true",
@@ -280,7 +280,7 @@ def info(args):
     log = Log()
     log("cryoralign engine: python %s, numpy %s, numba %s" % (platform.python_version(), numpy.__version__,
                                                              numba.__version__))
-    log("backends: cpu (%d threads)" % cpu.CpuBackend().threads)
+    log("backends: cpu (%d thread(s) per rank)" % cpu.CpuBackend().threads)
     try:
         from .backends import cuda
         cuda.describe(log, box=args.box, n_classes=args.classes, shift_range=args.shift_range)

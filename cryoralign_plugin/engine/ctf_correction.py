@@ -36,7 +36,6 @@ again.  All CTF work stays on the host: a numba kernel evaluates the CTF (the fo
 :func:`.ctf.ctf_images`, fused with the multiplication of the spectra) and scipy's FFT applies it.
 """
 import math
-import os
 
 import numpy as np
 import scipy.fft
@@ -47,6 +46,7 @@ from .ctf import wavelength
 from .errors import InputError
 from .geometry import MIRROR, PSI
 from .image_cache import CachedSource
+from .parallel import cpu_threads
 
 MODES = ("none", "flip", "wiener")
 FRC_MAX = 0.999           # half-set FRC clip before SSNR = 2 FRC / (1 - FRC)
@@ -248,7 +248,7 @@ class Correction:
         self.mode, self.reason = mode, reason
         self.columns = columns if mode != "none" else None
         self.intact_first_peak = bool(intact_first_peak)
-        self.threads = max(1, int(threads or os.cpu_count() or 1))
+        self.threads = cpu_threads(threads)
         self.box = box
         if self.columns is None:
             return

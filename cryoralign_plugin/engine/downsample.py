@@ -13,7 +13,6 @@ pixels (divided by ``factor = box / internal_box``); outputs go back to input pi
 """
 import dataclasses
 import math
-import os
 
 import numpy as np
 
@@ -22,6 +21,7 @@ from .errors import InputError
 from .geometry import SX, SY, largest_radius, polar_grid, sampling_limit
 from .image_cache import CachedSource
 from .images import fourier_crop
+from .parallel import cpu_threads
 from .settings import AUTO_MASK_RADIUS, MAX_RESOLUTION, MIN_MASK_RADIUS, SHIFT_RANGE, SHIFT_STEP
 
 CHUNK_BYTES = 64 << 20   # input images cropped at a time (bounds the spectra of a large batch)
@@ -212,7 +212,7 @@ class CroppedSource(CachedSource):
             ctf = dataclasses.replace(ctf, pixel_size=ctf.pixel_size * self.factor)
         pixel_size = None if source.pixel_size is None else source.pixel_size * self.factor
         super().__init__(source, cache_dir, ".cropped-", box=box, pixel_size=pixel_size, ctf=ctf)
-        self.threads = max(1, int(threads or os.cpu_count() or 1))
+        self.threads = cpu_threads(threads)
 
     @property
     def prior(self):

@@ -205,7 +205,12 @@ def grow_multi_reference(particles, n_classes, settings, out_dir, final=False, c
     Starts the run there if there is none; ``final`` says the input is complete.  Returns the
     :class:`~.loop.Result` of every particle; writes the run's files as any run does.
     """
-    ctx = align._context(particles, settings, comm, log, out_dir)
+    with align._context(particles, settings, comm, log, out_dir) as ctx:
+        return _grow(ctx, n_classes, out_dir, final, inputs)
+
+
+def _grow(ctx, n_classes, out_dir, final, inputs):
+    """:func:`grow_multi_reference` on the run's context ``ctx``."""
     count = ctx.source.count
     if n_classes is None or not 1 <= n_classes <= count:
         raise InputError("--grow needs --classes between 1 and the first batch's %d particles" % count)

@@ -4,11 +4,19 @@ Every rank keeps the full per-particle state (a few numbers per particle) and th
 references, so every decision (assignment, re-seeding, stopping) is taken identically everywhere
 and only rank 0 writes files.  Sums are reduced in integer fixed point, so the result does not
 depend on the number of ranks.
+
+CPU threads: a rank's default is its share of the node's cores (:func:`cpu_threads`), and every numba
+parallel region a run launches stays within its ``threads`` (:func:`numba_threads`), so ``mpirun -np
+R`` on one node does not run R x cores threads.
 """
 import os
 import sys
+from contextlib import contextmanager
 
+import numba
 import numpy as np
+
+from .memory import local_ranks
 
 _LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_RANK")
 
@@ -63,3 +71,29 @@ def world():
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
     return Mpi(comm) if comm.Get_size() > 1 else Serial()
+
+
+def cpu_threads(threads=None):
+    """``threads``, or by default this process's cores (its CPU affinity) shared by the MPI ranks on
+    this node (the launcher's local size): at least 1.  A launcher that binds each rank to cores of
+    its own leaves the ranks fewer; give ``--threads`` there."""
+    if threads:
+        return max(1, int(threads))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:   # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // local_ranks())
+
+
+@contextmanager
+def numba_threads(threads):
+    """numba's parallel regions launched from this thread use at most ``threads`` threads inside
+    (numba's setting is per calling thread; never more than its pool, ``NUMBA_NUM_THREADS``); the
+    previous setting is restored after."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)

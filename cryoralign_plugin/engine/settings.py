@@ -94,7 +94,7 @@ class Settings:
     minibatch_iterations: int = MINIBATCH_ITERATIONS   # iterations searching subsets (0: none)
     use_prior: bool = False        # start from the input's alignment instead of zero
     backend: str = "auto"
-    threads: Optional[int] = None  # CPU threads per rank; None: all cores
+    threads: Optional[int] = None  # CPU threads per rank; None: the node's cores shared by its ranks (parallel.py)
     gpu: Optional[list] = None     # GPU ids (MPI rank i uses gpu[i % n]); None: GPU 0
     exhaustive: bool = False       # scan every (reference, shift, mirror) at full resolution, no screening
     preselect: Optional[int] = None  # references searched at full resolution per particle; None: automatic
@@ -149,8 +149,8 @@ class Settings:
         _whole(self, "final_iterations", 0, "give a number of final iterations >= 0")
         _whole(self, "new_class_members", 1, "give a class size >= 1, or leave it out (automatic)",
                optional=True)
-        _whole(self, "threads", 1, "give at least 1 thread, or leave it out (automatic: all cores)",
-               optional=True)
+        _whole(self, "threads", 1, "give at least 1 thread, or leave it out (automatic: the node's cores shared "
+                                   "by its ranks)", optional=True)
         if self.backend not in ("auto", "cpu", "cuda"):
             raise InputError("--backend %r: use auto, cpu or cuda" % (self.backend,))
         gpu = self.gpu

@@ -15,10 +15,10 @@ prepared with ``frequencies`` (the engine's preselection) have that one low-pass
 A search restricted to each particle's ``members`` (the preselection's references) groups a block's
 particles by reference, so the matrix products of a reference still take many particles at once.
 """
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import scipy.fft
 from numba import njit, prange
@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from .. import images as imgops
 from .. import interpolation
+from .. import parallel
 from .. import rings as ring_ops
 from ..settings import SCREEN_FREQUENCIES
 from . import base
@@ -175,11 +176,12 @@ class PreparedReferences(base.PreparedReferences):
 
 
 class CpuBackend(base.Backend):
-    """The default backend; ``threads`` workers each run a block of particles end to end."""
+    """The default backend; ``threads`` workers each run a block of particles end to end, and the numba
+    parallel regions it launches use at most ``threads`` threads (:func:`~..parallel.numba_threads`)."""
     name = "cpu"
 
     def __init__(self, threads=None, exhaustive=False, keep=3):
-        self.threads = max(1, int(threads or os.cpu_count() or 1))
+        self.threads = parallel.cpu_threads(threads)
         self.exhaustive = exhaustive
         self.keep = keep
 
@@ -188,8 +190,9 @@ class CpuBackend(base.Backend):
         """Rings ``(len(index), T)`` of ``images[index]`` resampled around absolute ``centers``."""
         dx, dy = ring_ops.ring_offsets(grid)
         out = np.empty((len(index), grid.total), dtype=np.float32)
-        _polar(np.ascontiguousarray(images, dtype=np.float32), np.ascontiguousarray(index, dtype=np.int64),
-               np.ascontiguousarray(centers, dtype=np.float64), dx, dy, out)
+        with parallel.numba_threads(self.threads):
+            _polar(np.ascontiguousarray(images, dtype=np.float32), np.ascontiguousarray(index, dtype=np.int64),
+                   np.ascontiguousarray(centers, dtype=np.float64), dx, dy, out)
         return out
 
     # --- search -----------------------------------------------------------
@@ -260,8 +263,8 @@ class CpuBackend(base.Backend):
             if self.threads == 1 or len(starts) == 1:
                 for start in starts:
                     run(start)
-            else:
-                with ThreadPoolExecutor(self.threads) as pool:
+            else:   # a numba parallel region launched in a worker would otherwise take every core
+                with ThreadPoolExecutor(self.threads, initializer=numba.set_num_threads, initargs=(1,)) as pool:
                     list(pool.map(run, starts))
         return out
 
@@ -313,7 +316,8 @@ class CpuBackend(base.Backend):
 
     # --- averages ---------------------------------------------------------
     def class_sums(self, images, params, classes, parity, n_classes):
-        return imgops.class_sums(images, params, classes, parity, n_classes, self.threads)
+        with parallel.numba_threads(self.threads):
+            return imgops.class_sums(images, params, classes, parity, n_classes, self.threads)
 
 
 def _bands(grid, max_freq):
