@@ -79,12 +79,9 @@ def compact_layout(grid):
 
 
 def compact_spectra(rings, grid, weighted):
-    """Ring spectra ``(N, C)`` complex64 in the compact layout (see :func:`compact_layout`), with
-    the SPARX ring weights when ``weighted`` (:func:`~.rings.ring_spectra`); the FFTs run on the
-    threads of the numba kernels around them."""
-    out = np.empty((len(rings), int((grid.lengths // 2 + 1).sum())), np.complex64)
-    ring_ops.ring_spectra(rings, grid, weighted, out=out, workers=numba.get_num_threads())
-    return out
+    """:func:`~.rings.compact_spectra` (the layout of :func:`compact_layout`), its FFTs on the threads
+    of the numba kernels around them."""
+    return ring_ops.compact_spectra(rings, grid, weighted, workers=numba.get_num_threads())
 
 
 # ---------------------------------------------------------------------------------------------

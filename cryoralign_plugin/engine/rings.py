@@ -67,3 +67,11 @@ def ring_spectra(rings, grid, weighted, out=None, workers=1):
             dest[...] = spec
         spectra.append(dest)
     return spectra
+
+
+def compact_spectra(rings, grid, weighted, workers=1):
+    """Ring spectra ``(N, C)`` complex64, "compact": each ring's ``n_r // 2 + 1`` frequencies, ring
+    after ring (the refinement's and the CUDA kernels' layout), written in place by :func:`ring_spectra`."""
+    out = np.empty((len(rings), int((grid.lengths // 2 + 1).sum())), np.complex64)
+    ring_spectra(rings, grid, weighted, out=out, workers=workers)
+    return out

@@ -14,11 +14,6 @@ from ..errors import InputError
 from . import cuda_config as config
 
 
-def compact(spectra):
-    """Group spectra (``rings.ring_spectra``) -> ``(N, C)``: each ring's own frequencies, ring after ring."""
-    return np.concatenate([s.reshape(len(s), -1) for s in spectra], axis=1)
-
-
 @dataclass
 class Layout:
     """Host tables of a polar grid for the kernels (see :func:`layout`); ``R`` rings, ``T`` samples."""
@@ -57,7 +52,7 @@ def layout(grid):
         chunks += [(r, min(per, end - r), n, length // n) for r in range(ring, end, per)]
     delta = np.zeros((1, grid.total), np.float32)
     delta[0, grid.offsets] = 1.0  # its ring spectra are all ones: weighting leaves the weights
-    weights = compact(ring_ops.ring_spectra(delta, grid, weighted=True))[0].real
+    weights = ring_ops.compact_spectra(delta, grid, weighted=True)[0].real
     return Layout(dx=dx, dy=dy, offsets=grid.offsets.astype(np.int32),
                   coff=(np.cumsum(bins) - bins).astype(np.int32),
                   first=np.searchsorted(grid.lengths // 2, np.arange(length // 2 + 1)).astype(np.int32),
