@@ -189,8 +189,7 @@ def _normalise_4_rows(r0, r1, r2, r3, area, total):
 
 
 @njit(cache=True, parallel=True)
-def _normalise_rows(rows, area):
-    total = area.sum()
+def _normalise_rows(rows, area, total):
     count = rows.shape[0]
     for block in prange((count + 3) // 4):
         lo = 4 * block
@@ -204,7 +203,8 @@ def _normalise_rows(rows, area):
 def normalise_rings(rings, grid):
     """Zero weighted mean and unit weighted norm per row (weights = area per sample), in place."""
     flat = rings.reshape(-1, rings.shape[-1])
-    _normalise_rows(flat, np.repeat(grid.area, grid.lengths))
+    area = np.repeat(grid.area, grid.lengths)
+    _normalise_rows(flat, area, area.sum())   # summed here: in the kernel a parallel sum, split by the threads
     return rings
 
 
