@@ -24,19 +24,25 @@ def _source(particles):
     return ArraySource(np.asarray(particles, dtype=np.float32))
 
 
-@contextmanager
 def _context(particles, settings, comm, log, out_dir=None):
-    """The run's :class:`~.loop.Context`, with numba's parallel regions of this thread kept within the
-    run's CPU threads while it is open; ``out_dir`` holds its cache of cropped particles."""
+    """The run's :class:`~.loop.Context`; ``out_dir`` holds its cache of cropped particles."""
     source = _source(particles)
     comm = comm or parallel.world()
     settings.check()
+    backend = get_backend(settings.backend, settings.threads, settings.gpu, comm.rank, settings.exhaustive)
+    log = log if comm.rank == 0 else (lambda *_: None)
+    fallback = backend.name == "cpu" and settings.gpu
+    log("backend: %s%s" % (backend.name, " (no usable GPU found: running on the CPU)" if fallback else ""))
+    return loop.Context(source, settings, comm, backend, log, out_dir)
+
+
+@contextmanager
+def _running(particles, settings, comm, log, out_dir=None):
+    """:func:`_context` of a run, with numba's parallel regions of this thread kept within the run's CPU
+    threads while it is open (the kernels outside the backend too: normalisation, refinement, CTF)."""
+    settings.check()   # before its threads are read
     with parallel.numba_threads(parallel.cpu_threads(settings.threads)):
-        backend = get_backend(settings.backend, settings.threads, settings.gpu, comm.rank, settings.exhaustive)
-        log = log if comm.rank == 0 else (lambda *_: None)
-        fallback = backend.name == "cpu" and settings.gpu
-        log("backend: %s%s" % (backend.name, " (no usable GPU found: running on the CPU)" if fallback else ""))
-        yield loop.Context(source, settings, comm, backend, log, out_dir)
+        yield _context(particles, settings, comm, log, out_dir)
 
 
 def _initial_params(ctx):
@@ -111,7 +117,7 @@ def align_reference_free(particles, settings=None, out_dir=None, resume=False, c
     ``inputs`` are ``(what, path)`` of input files besides the source's, never to be written over.
     """
     settings = settings or Settings(**options)
-    with _context(particles, settings, comm, log, out_dir) as ctx:
+    with _running(particles, settings, comm, log, out_dir) as ctx:
         def initial_state():   # the average of the particles at their starting parameters
             params = _initial_params(ctx)
             classes = np.zeros(ctx.source.count, np.int64)
@@ -132,7 +138,7 @@ def align_multi_reference(particles, n_classes=None, references=None, settings=N
     ``overwrite`` and ``inputs`` as for :func:`align_reference_free`.
     """
     settings = settings or Settings(**options)
-    with _context(particles, settings, comm, log, out_dir) as ctx:
+    with _running(particles, settings, comm, log, out_dir) as ctx:
         refs = _initial_references(ctx, n_classes, references)
         state = _unassigned_state(ctx, refs)
         if references is not None:

@@ -205,7 +205,7 @@ def grow_multi_reference(particles, n_classes, settings, out_dir, final=False, c
     Starts the run there if there is none; ``final`` says the input is complete.  Returns the
     :class:`~.loop.Result` of every particle; writes the run's files as any run does.
     """
-    with align._context(particles, settings, comm, log, out_dir) as ctx:
+    with align._running(particles, settings, comm, log, out_dir) as ctx:
         return _grow(ctx, n_classes, out_dir, final, inputs)
 
 
