@@ -1,0 +1,113 @@
+"""engine.overcluster: the schedule, the merge's clustering and alignment, continue and determinism."""
+import json
+
+import numpy as np
+import pytest
+
+from cryoralign_plugin.engine import align, geometry, loop, overcluster, synthetic
+from cryoralign_plugin.engine import images as im
+from cryoralign_plugin.engine.settings import Settings
+
+quiet = dict(log=lambda *_: None)
+
+
+def test_schedule_over_clusters_from_random_particles():
+    count = overcluster.classes_at(Settings(overcluster=3, overcluster_iterations=2), 10, 1000)
+    assert [count(i) for i in range(5)] == [30, 30, 10, 10, 10]   # the checkpoint of iteration 2 holds K
+    assert overcluster.hook(count, 10) is not None
+    assert overcluster.classes_at(Settings(overcluster=3), 10, 29)(0) == 10   # fewer particles than c K
+    assert overcluster.classes_at(Settings(overcluster=3), 1, 1000)(0) == 1
+    assert overcluster.hook(overcluster.classes_at(Settings(overcluster=1), 10, 1000), 10) is None
+
+
+def test_clusters_join_the_most_similar_weighted_by_size():
+    # classes 0, 1 alike; 2, 3 alike; 4 nearest to 3 alone but to the {0, 1} pair by size-weighted mean
+    s = np.array([[1.0, 0.9, 0.1, 0.1, 0.6],
+                  [0.9, 1.0, 0.1, 0.1, 0.6],
+                  [0.1, 0.1, 1.0, 0.8, 0.0],
+                  [0.1, 0.1, 0.8, 1.0, 0.7],
+                  [0.6, 0.6, 0.0, 0.7, 1.0]])
+    assert overcluster.clusters(s, np.array([10, 10, 10, 10, 10]), 2).tolist() == [0, 0, 1, 1, 0]
+    assert overcluster.clusters(s, np.array([10, 10, 10, 10, 10]), 3).tolist() == [0, 0, 1, 1, 2]
+    # a large class 3 pulls 4 to the {2, 3} pair: mean (0 * 1 + 0.7 * 100) / 101 > 0.6
+    assert overcluster.clusters(s, np.array([10, 10, 1, 100, 10]), 2).tolist() == [0, 0, 1, 1, 1]
+
+
+def test_similarity_aligns_one_reference_onto_another():
+    views = synthetic.make_references("slicem", 2, 48, seed=0)
+    moved = im.transform(views[:1], np.array([[40.0, 1.0, -2.0, 1.0]]))
+    refs = im.normalise(np.concatenate([views, moved]), 19)
+    ctx = align._context(refs, Settings(threads=1), None, lambda *_: None)
+    scores, params = overcluster.similarity(ctx, refs)
+    assert scores[2, 0] > 0.95 and scores[2, 0] > scores[2, 1] + 0.1   # measured 0.998 against 0.741
+    back = im.transform(refs[2:], params[2, 0][None])   # reference 2 brought onto reference 0
+    assert np.corrcoef(back[0].ravel(), refs[0].ravel())[0, 1] > 0.95   # measured 0.998
+    assert params[2, 0, geometry.MIRROR] == 1.0
+
+
+def test_merge_joins_the_halves_of_each_view_in_one_frame():
+    # 3 views; each view's particles split over two classes whose frames differ by 60 degrees, as an
+    # over-clustered run leaves them: the merge must join the halves and bring them into one frame
+    views = synthetic.make_references("slicem", 3, 48, seed=0)
+    images, truth, aligned = synthetic.make_particles(views, 120, 10.0, seed=1)
+    params = aligned.copy()
+    turn = np.array([[60.0, 0.0, 0.0, 0.0]])
+    odd = np.arange(120) % 2 == 1
+    params[odd] = geometry.combine(params[odd], np.repeat(turn, odd.sum(), 0))
+    classes = 2 * truth + odd
+    ctx = align._context(images, Settings(threads=1), None, lambda *_: None)
+    refs = im.normalise(np.stack([v for view in views for v in (view, im.transform(view[None], turn)[0])]),
+                        ctx.radius)
+    state = loop.State(3, params, classes, np.zeros(120), refs, np.full(6, 0.2), refs, [{}])
+    merged = overcluster.merge(ctx, state, 3)
+    np.testing.assert_array_equal(merged.classes, truth)   # classes 2v and 2v + 1 -> v
+    assert merged.history[-1]["merged"] == [{"classes": [1, 2], "into": 1}, {"classes": [3, 4], "into": 2},
+                                            {"classes": [5, 6], "into": 3}]
+    for k in range(3):   # each view's members in one frame (its larger class's): one common transform
+        angle, shift, same = synthetic.register_errors(merged.params[truth == k], aligned[truth == k])
+        assert same.all() and angle.max() < 2.0 and shift.max() < 0.5   # measured 0.06 deg, 0.00 px
+        # the merged average is sharp: the view in that frame
+        frame = geometry.combine(geometry.inverse(aligned[truth == k][:1]), merged.params[truth == k][:1])
+        view = im.transform(views[k][None], frame)[0]
+        assert np.corrcoef(merged.averages[k].ravel(), view.ravel())[0, 1] > 0.9   # measured 0.998
+
+
+@pytest.fixture(scope="module")
+def particles():
+    views = synthetic.make_references("slicem", 3, 48, seed=0)
+    return synthetic.make_particles(views, 180, 1.0, seed=2)[:2]
+
+
+OVER = dict(n_classes=3, iterations=4, overcluster=3, overcluster_iterations=2, threads=1, **quiet)
+
+
+@pytest.fixture(scope="module")
+def whole(particles, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    return align.align_multi_reference(particles[0], out_dir=str(out), **OVER), out
+
+
+def test_the_run_merges_at_its_schedule_and_records_it(whole):
+    result, out = whole
+    assert [len(r["class_sizes"]) for r in result.history] == [9, 9, 3, 3]
+    assert len(result.history[1]["merged"]) == 3 and len(result.averages) == 3
+    with open(out / "run.json") as f:
+        settings = json.load(f)["settings"]
+    assert (settings["overcluster"], settings["overcluster_iterations"]) == (3, 2)
+
+
+@pytest.mark.parametrize("killed_after", [1, 2])   # in the over-clustered phase; at the merge
+def test_continue_gives_the_one_run_result(particles, whole, tmp_path, killed_after):
+    images, _ = particles
+    align.align_multi_reference(images, out_dir=str(tmp_path), **dict(OVER, iterations=killed_after))
+    again = align.align_multi_reference(images, out_dir=str(tmp_path), resume=True, **OVER)
+    for name in ("classes", "params", "averages", "references"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(whole[0], name), err_msg=name)
+
+
+def test_threads_give_the_same_merge(particles, whole):
+    images, truth = particles
+    two = align.align_multi_reference(images, **dict(OVER, threads=2))
+    np.testing.assert_array_equal(whole[0].classes, two.classes)
+    np.testing.assert_array_equal(whole[0].averages, two.averages)
+    assert synthetic.purity(two.classes, truth) == 1.0   # SNR 1: 3 views from 9 classes
