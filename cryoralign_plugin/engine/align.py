@@ -133,19 +133,22 @@ def align_multi_reference(particles, n_classes=None, references=None, settings=N
     """
     settings = settings or Settings(**options)
     ctx = _context(particles, settings, comm, log, out_dir)
-    refs = _initial_references(ctx, n_classes, references)
-    state = _unassigned_state(ctx, refs)
     if references is not None:
+        refs = _initial_references(ctx, n_classes, references)
+        state = _unassigned_state(ctx, refs)
         given = np.asarray(references, np.float32)
         start = {"references": given[None] if given.ndim == 2 else given}
         return _run(ctx, len(refs), lambda: state, True, out_dir, resume, overwrite, "mra", start, inputs)
-    start = {"classes": int(n_classes), "seed": int(settings.seed)}
     classes_at = overcluster.classes_at(settings, n_classes, ctx.source.count)   # over-clustering or not
+    state = _unassigned_state(ctx, _initial_references(ctx, n_classes, None, classes_at))
+    start = {"classes": int(n_classes), "seed": int(settings.seed)}
     return _run(ctx, n_classes, lambda: state, True, out_dir, resume, overwrite, "mra", start, inputs,
                 overcluster.hook(classes_at, n_classes), classes_at)
 
 
-def _initial_references(ctx, n_classes, references):
+def _initial_references(ctx, n_classes, references, classes_at=None):
+    """The given references at the internal box, or random particles: ``n_classes`` of them, or as many
+    as the schedule ``classes_at`` (:func:`~.overcluster.classes_at`) starts with."""
     count, box = ctx.source.count, ctx.input_source.box
     if references is not None:
         refs = np.asarray(references, np.float32)
@@ -169,7 +172,7 @@ def _initial_references(ctx, n_classes, references):
     if n_classes > count:
         raise InputError("%d classes were requested but there are only %d particles: ask for at most %d "
                          "classes" % (n_classes, count, count))
-    rng = np.random.default_rng(ctx.settings.seed)   # as many as the first iterations have classes
-    drawn = overcluster.classes_at(ctx.settings, n_classes, count)(0)
+    rng = np.random.default_rng(ctx.settings.seed)
+    drawn = n_classes if classes_at is None else classes_at(0)
     chosen = np.sort(rng.choice(count, size=drawn, replace=False))
     return imgops.normalise(ctx.correction.for_search(ctx.source.read(chosen), chosen), ctx.radius, chosen)

@@ -26,6 +26,7 @@ def classes_at(settings, n_classes, count):
     """The number of classes a run from random particles to ``n_classes`` holds after each iteration
     (0: its initial references), as a function: ``overcluster`` x K before ``overcluster_iterations``,
     K from then on; K throughout for K = 1 or where ``count`` particles are fewer than c K."""
+    n_classes = n_classes or 0   # none given: refused where the references are drawn
     factor = settings.overcluster if 1 < n_classes and settings.overcluster * n_classes <= count else 1
     merge_at = settings.overcluster_iterations
 
