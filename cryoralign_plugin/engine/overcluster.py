@@ -19,8 +19,6 @@ from . import loop, references as reference_ops, search
 from .geometry import combine
 from .settings import CANDIDATES
 
-GRADUAL = False
-
 
 def classes_at(settings, n_classes, count):
     """The number of classes a run from random particles to ``n_classes`` holds after each iteration
@@ -31,11 +29,7 @@ def classes_at(settings, n_classes, count):
     merge_at = settings.overcluster_iterations
 
     def at(iteration):
-        if factor == 1 or iteration >= merge_at:
-            return n_classes
-        if not GRADUAL:
-            return n_classes * factor
-        return n_classes + (factor - 1) * n_classes * (merge_at - iteration) // merge_at
+        return n_classes * factor if iteration < merge_at else n_classes
     return at
 
 
