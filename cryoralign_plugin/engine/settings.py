@@ -91,7 +91,7 @@ class Settings:
     seed: int = 0
     min_members: Optional[int] = None          # re-seed classes smaller than this; None: N / (4 K), at least 2
     balanced_iterations: Optional[int] = None  # equal-size assignment for the first iterations; None: 5
-    overcluster: int = OVERCLUSTER     # MRA from random particles: first iterations at this many times K classes (1: off)
+    overcluster: int = OVERCLUSTER     # MRA from random particles: the first iterations at this x K classes (1: off)
     overcluster_iterations: int = OVERCLUSTER_ITERATIONS   # iterations before the classes are merged down to K
     debias: bool = True            # MRA: take a member's own noise out of its score against its class (selfbias.py)
     batch_size: int = 2048
