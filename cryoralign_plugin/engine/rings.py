@@ -36,20 +36,34 @@ def dense(spectra, grid):
     return out
 
 
-def ring_spectra(rings, grid, weighted):
+def ring_spectra(rings, grid, weighted, out=None, workers=1):
     """Per ring group, the rfft of its rings ``(N, rings, length//2 + 1)`` (complex64).
 
     With ``weighted`` the SPARX ring weights are applied, halving a short ring's Nyquist bin, which
-    appears twice once the ring is embedded in the longest one's spectrum.
+    appears twice once the ring is embedded in the longest one's spectrum.  With ``out`` (``(N, C)``
+    complex64, ``C`` = the rings' ``length//2 + 1`` summed) the groups are written into consecutive
+    column ranges of it, each ring's frequencies after the previous ring's, and returned as views of
+    it: one copy fewer than concatenating them.  ``workers``: the FFTs' threads (each transform
+    computes alike on any of them).
     """
-    out = []
+    spectra, column = [], 0
     for first, end, length in groups(grid):
         lo = grid.offsets[first]
         block = rings[:, lo:lo + (end - first) * length].reshape(len(rings), end - first, length)
-        spec = scipy.fft.rfft(block, axis=-1, workers=1).astype(np.complex64)
+        spec = scipy.fft.rfft(block, axis=-1, workers=workers).astype(np.complex64, copy=False)
+        if out is not None:
+            width = (end - first) * (length // 2 + 1)
+            dest = out[:, column:column + width].reshape(spec.shape)
+            column += width
+            if not np.may_share_memory(dest, out):
+                raise ValueError("out must be a C-contiguous (N, C) array")
+        else:
+            dest = spec
         if weighted:
-            spec *= grid.weights[first:end, None].astype(np.float32)
+            np.multiply(spec, grid.weights[first:end, None].astype(np.float32), out=dest)
             if length < grid.maxrin:
-                spec[:, :, -1] *= 0.5
-        out.append(spec)
-    return out
+                dest[:, :, -1] *= 0.5
+        elif dest is not spec:
+            dest[...] = spec
+        spectra.append(dest)
+    return spectra

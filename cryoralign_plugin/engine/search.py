@@ -139,22 +139,66 @@ def offset_limit(box, grid):
     return max(0.0, sampling_limit(box) - grid.outer_radius)
 
 
+@njit(cache=True, inline="always")
+def _normalise_row(row, area, total):
+    mean = 0.0
+    for t in range(row.shape[0]):
+        mean += area[t] * row[t]
+    mean /= total
+    norm = 0.0
+    for t in range(row.shape[0]):
+        d = row[t] - mean
+        norm += area[t] * d * d
+    scale = 1.0 / np.sqrt(norm) if norm > 1e-20 else 0.0
+    for t in range(row.shape[0]):
+        row[t] = (row[t] - mean) * scale
+
+
+@njit(cache=True, inline="always")
+def _normalise_4_rows(r0, r1, r2, r3, area, total):
+    """:func:`_normalise_row` of four rows at once: each row's sums are one chain of dependent
+    additions, in the same order, so four side by side run about twice as fast and round alike."""
+    m0 = m1 = m2 = m3 = 0.0
+    for t in range(r0.shape[0]):
+        a = area[t]
+        m0 += a * r0[t]
+        m1 += a * r1[t]
+        m2 += a * r2[t]
+        m3 += a * r3[t]
+    m0 /= total
+    m1 /= total
+    m2 /= total
+    m3 /= total
+    n0 = n1 = n2 = n3 = 0.0
+    for t in range(r0.shape[0]):
+        a = area[t]
+        d0, d1, d2, d3 = r0[t] - m0, r1[t] - m1, r2[t] - m2, r3[t] - m3
+        n0 += a * d0 * d0
+        n1 += a * d1 * d1
+        n2 += a * d2 * d2
+        n3 += a * d3 * d3
+    s0 = 1.0 / np.sqrt(n0) if n0 > 1e-20 else 0.0
+    s1 = 1.0 / np.sqrt(n1) if n1 > 1e-20 else 0.0
+    s2 = 1.0 / np.sqrt(n2) if n2 > 1e-20 else 0.0
+    s3 = 1.0 / np.sqrt(n3) if n3 > 1e-20 else 0.0
+    for t in range(r0.shape[0]):
+        r0[t] = (r0[t] - m0) * s0
+        r1[t] = (r1[t] - m1) * s1
+        r2[t] = (r2[t] - m2) * s2
+        r3[t] = (r3[t] - m3) * s3
+
+
 @njit(cache=True, parallel=True)
 def _normalise_rows(rows, area):
     total = area.sum()
-    for i in prange(rows.shape[0]):
-        row = rows[i]
-        mean = 0.0
-        for t in range(row.shape[0]):
-            mean += area[t] * row[t]
-        mean /= total
-        norm = 0.0
-        for t in range(row.shape[0]):
-            d = row[t] - mean
-            norm += area[t] * d * d
-        scale = 1.0 / np.sqrt(norm) if norm > 1e-20 else 0.0
-        for t in range(row.shape[0]):
-            row[t] = (row[t] - mean) * scale
+    count = rows.shape[0]
+    for block in prange((count + 3) // 4):
+        lo = 4 * block
+        if lo + 4 <= count:
+            _normalise_4_rows(rows[lo], rows[lo + 1], rows[lo + 2], rows[lo + 3], area, total)
+        else:
+            for i in range(lo, count):
+                _normalise_row(rows[i], area, total)
 
 
 def normalise_rings(rings, grid):

@@ -190,6 +190,15 @@ class Settings:
             return self.new_class_members
         return max(NEW_CLASS_LEAST, batch // (n_classes + 1))
 
+    def minibatch_all_per_class(self):
+        """Particles per class from which automatic mini-batches (:func:`~.minibatch.used_iterations`)
+        keep all ``minibatch_iterations``: the first subset, fitted into N, still holds its least per
+        class and is under half of N.  The figure the help texts quote (992 by default); for K classes the
+        exact count is up to half the subsets' growth sum / MINIBATCH_FRACTION (10 particles) below K x it."""
+        least = min(MINIBATCH_LEAST_PER_CLASS, self.minibatch_per_class)
+        growth = sum(MINIBATCH_GROWTH ** i for i in range(self.minibatch_iterations))
+        return max(least * growth / MINIBATCH_FRACTION, 2.0 * self.minibatch_per_class)
+
     def resolved_balanced_iterations(self):
         """The first iterations that assign equal-size classes: a number that does not depend on
         ``iterations``, so a run extended later with ``--continue`` keeps the schedule it started with."""

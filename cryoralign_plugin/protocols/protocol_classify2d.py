@@ -66,20 +66,21 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
     MINIBATCH_CHOICES = ['Automatic', 'Yes', 'No']   # the engine's None (no flag), --minibatch, --no-minibatch
 
     def _defineMiniBatchParams(self, form):
+        allFrom = round(DEFAULTS.minibatch_all_per_class())   # x K particles: all mini-batch iterations used
         form.addParam('miniBatch', params.EnumParam, choices=self.MINIBATCH_CHOICES, default=0,
                       display=params.EnumParam.DISPLAY_HLIST, condition='not doContinue',
                       expertLevel=params.LEVEL_ADVANCED, label='Mini-batch iterations?',
                       help='As cryoSPARC\'s online EM: the first iterations search growing random subsets '
                            'of the particles (the others keep their class), later ones every particle; '
                            'all subsets together hold at most %g x N particles (N: the particles), so a '
-                           'default run of about 1000 x K particles or more (K: the classes) searches each '
+                           'default run of about %d x K particles or more (K: the classes) searches each '
                            'particle at most %g times instead of %d. Automatic: on when the first subset '
                            '(particles per class x classes) is under half of the particles; of the mini-batch '
                            'iterations, as many are used as keep the first subset, fitted into N, at least %d '
-                           'per class (all from about 1000 x K particles, fewer below), when the iterations '
+                           'per class (all from about %d x K particles, fewer below), when the iterations '
                            'leave full passes after them.'
-                           % (MINIBATCH_FRACTION, MINIBATCH_FRACTION + FINAL_FULL_PASSES, DEFAULTS.iterations,
-                              MINIBATCH_LEAST_PER_CLASS))
+                           % (MINIBATCH_FRACTION, allFrom, MINIBATCH_FRACTION + FINAL_FULL_PASSES,
+                              DEFAULTS.iterations, MINIBATCH_LEAST_PER_CLASS, allFrom))
         form.addParam('miniBatchPerClass', params.IntParam, default=DEFAULTS.minibatch_per_class,
                       condition='not doContinue and miniBatch != 2', validators=[params.Positive],
                       expertLevel=params.LEVEL_ADVANCED, label='Particles per class in the first subset',

@@ -16,7 +16,8 @@ from enum import Enum
 import pyworkflow.protocol.params as params
 from pwem.objects import SetOfClasses2D, SetOfParticles
 from pyworkflow.constants import BETA
-from pyworkflow.object import Set
+from pyworkflow.object import Pointer, Set
+from pyworkflow.protocol import Protocol, getProtocolFromDb
 from pyworkflow.protocol.constants import STATUS_NEW, STEPS_PARALLEL
 
 from .. import convert
@@ -187,19 +188,54 @@ class CryoralignProtStream2D(CryoralignProtClassify2D):
     def _inputState(self):
         """(closed, last id, particles arrived since the last batch) of the input set, read afresh.
 
-        Of its properties only the stream state is read, and as open where the file has none: a set
-        that never held an item has no Properties table yet (``loadAllProperties`` fails on it), its
-        producer having written nothing of it."""
+        Of its file's properties only the stream state is read.  A set that never held an item has
+        none (Scipion writes no properties of it: ``loadAllProperties`` fails, no such table), so its
+        state is the one its producer records (:meth:`_producerClosed`): closed while empty, it stops
+        the run with one line rather than being waited for."""
         inputSet = SetOfParticles(filename=self._getInputParticles().getFileName())
         try:
             # read first: a closed set has all its items
-            closed = int(inputSet.getProperty('_streamState', Set.STREAM_OPEN)) == Set.STREAM_CLOSED
+            if inputSet.hasProperty('_streamState'):
+                closed = int(inputSet.getProperty('_streamState')) == Set.STREAM_CLOSED
+            else:
+                closed = self._producerClosed()
             last = next(inputSet.iterItems(orderBy='id', direction='DESC', limit=1), None)
             lastId = last.getObjId() if last is not None else 0
             arrived = sum(1 for _ in inputSet.iterItems(where='id>%d' % self._scheduledId))
         finally:
             inputSet.close()
         return closed, lastId, arrived
+
+    def _producerClosed(self):
+        """Whether the input's producer records it closed, read from that protocol's own database (this
+        run's copy of the project is as old as the run); a set no protocol made, as recorded here."""
+        pointer = self._getInputPointer()
+        producer, name = pointer.getObjValue(), pointer.getExtended()
+        if not isinstance(producer, Protocol):     # a direct pointer (scripts, tests): to its parent's output
+            producer, name = self._protocolOf(producer.getObjParentId()), producer.getLastName()
+        fresh = None
+        if producer is not None:
+            try:
+                fresh = getProtocolFromDb(self.getProject().path, producer.getDbPath(), producer.getObjId())
+            except Exception:   # pyworkflow's for a protocol without a database of its own (never launched)
+                pass
+        if fresh is None:
+            return bool(pointer.get().isStreamClosed())
+        try:
+            recorded = Pointer(fresh, extended=name).get()
+        finally:
+            fresh.getProject().closeMapper()
+            fresh.closeMappers()
+        return recorded is not None and bool(recorded.isStreamClosed())
+
+    def _protocolOf(self, objId):
+        """The project's protocol of that id, None for none (an object no protocol made)."""
+        if not objId:
+            return None
+        try:
+            return self.getProject().getProtocol(objId)
+        except Exception:       # pyworkflow's for an id that is no protocol's
+            return None
 
     def _processedId(self):
         """The last particle id the engine's folder holds results for (0: none), for a continued run."""

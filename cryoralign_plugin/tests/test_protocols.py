@@ -3,6 +3,7 @@
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -288,6 +289,18 @@ class TestForms(BaseTest):
         self.assertIn("--minibatch --minibatch-per-class 20 ",
                       self.newClassify(miniBatch=1, miniBatchPerClass=20)._getEngineArgs())
         self.assertIn("--no-minibatch ", self.newClassify(miniBatch=2)._getEngineArgs())
+
+    def test_miniBatchHelpQuotesTheEngineBoundary(self):
+        # the figure comes from the settings (it was a hand-written 'about 1000 x K'): 992 by default,
+        # the particles per class from which minibatch.used_iterations uses all 8 mini-batch iterations
+        from cryoralign_plugin.engine import minibatch
+        from cryoralign_plugin.engine.settings import Settings
+        text = self.newClassify().getParam('miniBatch').help.get()
+        shown = {int(n) for n in re.findall(r"about (\d+) x K particles", text)}
+        self.assertEqual(shown, {round(Settings().minibatch_all_per_class())})
+        figure = shown.pop()
+        self.assertEqual(minibatch.used_iterations(Settings(), figure * 100, 100), 8)
+        self.assertLess(minibatch.used_iterations(Settings(), figure * 100 - 20, 100), 8)
 
 
 @slow

@@ -9,11 +9,11 @@ import numpy as np
 from emtable import Table
 
 from pwem.objects import SetOfParticles
-from pwem.protocols import ProtCreateStreamData, ProtImportParticles
+from pwem.protocols import ProtCreateStreamData, ProtImportParticles, ProtSetFilter
 from pwem.protocols.protocol_create_stream_data import SET_OF_PARTICLES
 from pyworkflow.object import Set
 from pyworkflow.protocol import getProtocolFromDb
-from pyworkflow.protocol.constants import MODE_RESUME
+from pyworkflow.protocol.constants import MODE_RESUME, STATUS_FAILED
 from pyworkflow.tests import BaseTest, DataSet, setupTestProject
 
 from generated import generateOnce
@@ -124,6 +124,42 @@ class TestStreamingForm(BaseTest):
         fresh.write()
         fresh.close()
         self.assertEqual(prot._inputState(), (True, 1, 1))
+
+    def test_anInputClosedWithoutEverHoldingAParticleStopsTheRun(self):
+        # A filter that keeps no particle outputs a closed set whose file holds nothing, not even its
+        # stream state (Scipion writes no properties of a set that never had an item): only its producer's
+        # record says it is closed. The run used to wait for it forever.
+        keepNone = self.newProtocol(ProtSetFilter, formula="False")
+        keepNone.inputSet.set(self.imp)
+        keepNone.inputSet.setExtended("outputParticles")
+        self.launchProtocol(keepNone)
+        keepNone = self.proj.getProtocol(keepNone.getObjId())
+        self.assertTrue(keepNone.outputParticles.isStreamClosed())
+        self.assertEqual(keepNone.outputParticles.getSize(), 0)
+        prot = self.newProtocol(CryoralignProtStream2D, useGpu=False, numberOfClasses=3)
+        prot.inputParticles.set(keepNone)                  # as the GUI points: the producer and its output
+        prot.inputParticles.setExtended("outputParticles")
+        self.proj.launchProtocol(prot, wait=False)
+        end = time.time() + 120                              # measured: failed 9-10 s after its launch
+        try:
+            while time.time() < end and not (prot.isFailed() or prot.isFinished()):
+                time.sleep(1)
+                prot = getProtocolFromDb(self.proj.path, prot.getDbPath(), prot.getObjId())
+        finally:
+            status = prot.getStatus()
+            if prot.isActive():
+                self.proj.stopProtocol(prot)
+        self.assertEqual(status, STATUS_FAILED, "the run was %s after 120 s, waiting for its closed input" % status)
+        message = prot.getErrorMessage()
+        self.assertIn("The input set of particles was closed while empty: there is nothing to classify", message)
+        self.assertNotIn("\n", message.strip())
+        # The run's copy of the project is as old as the run: a record of the input still open there (a
+        # producer that closed it later) gives way to the producer's own, through a direct pointer too.
+        stale = self.proj.getProtocol(keepNone.getObjId()).outputParticles
+        stale.setStreamState(Set.STREAM_OPEN)
+        later = self.newProtocol(CryoralignProtStream2D, inputParticles=stale, useGpu=False, numberOfClasses=3)
+        later._scheduledId = 0
+        self.assertEqual(later._inputState(), (True, 0, 0))
 
 
 @slow

@@ -34,6 +34,8 @@ BLOCK_BYTES = 48 * 2 ** 20  # working memory per worker thread
 _MAX_OUTER = 1024  # particles per block when a search is restricted to each particle's members
 
 
+# numba's cache of a kernel is keyed on the file that defines it, not on the functions it inlines:
+# after a change in interpolation.py, change this file too or clear the caches (make clean).
 _bilinear = njit(cache=True, inline="always")(interpolation.bilinear)
 _parabola = njit(cache=True, inline="always")(
     interpolation.peak_refiner(njit(cache=True, inline="always")(interpolation.real_sample)))

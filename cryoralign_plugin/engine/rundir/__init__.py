@@ -46,12 +46,12 @@ One job per module: ``inputs`` (the files a run reads, kept out of its folder, a
 (what a folder holds, the decision, :func:`claim`); the public names are re-exported here.
 """
 from .folder import FRESH, OVERWRITE, RESUME, Claim, Survey, check_same_run, claim, remove_owned, restart, survey
-from .identity import (FREE_SETTINGS, GROW_SETTINGS, GROWING_FIELDS, GROWING_SETTINGS, MANIFEST_FORMAT,
+from .identity import (FREE_SETTINGS, GROW_SETTINGS, GROWING_FIELDS, MANIFEST_FORMAT,
                        MRA_SETTINGS, PROGRAM, SHOWN_DIGEST, differences, manifest)
 from .inputs import SAMPLED_IMAGES, check_out, digest, fingerprint, input_files, sampled_indices
 from .lock import RunLock, holder
 
-__all__ = ["FREE_SETTINGS", "FRESH", "GROWING_FIELDS", "GROWING_SETTINGS", "GROW_SETTINGS", "MANIFEST_FORMAT",
+__all__ = ["FREE_SETTINGS", "FRESH", "GROWING_FIELDS", "GROW_SETTINGS", "MANIFEST_FORMAT",
            "MRA_SETTINGS", "OVERWRITE", "PROGRAM", "RESUME", "SAMPLED_IMAGES", "SHOWN_DIGEST", "Claim",
            "RunLock", "Survey", "check_out", "check_same_run", "claim", "differences", "digest", "fingerprint",
            "holder", "input_files", "manifest", "remove_owned", "restart", "sampled_indices", "survey"]

@@ -20,10 +20,9 @@ FREE_SETTINGS = ("iterations", "auto_stop", "stop_fraction", "backend", "gpu", "
 MRA_SETTINGS = ("min_members", "balanced_iterations", "debias", "overcluster", "overcluster_iterations")
 # Settings that only a growing run (mra --grow, :mod:`..grow`) uses.
 GROW_SETTINGS = ("grow_iterations", "final_iterations", "new_class_members")
-# What differs between the batches of a growing run: its input grows (whose prefix :mod:`..grow` checks),
-# the record of its batches, and the automatic minimum class size, which follows the particle count.
+# What differs between the batches of a growing run: its input grows (whose prefix :mod:`..grow` checks)
+# and the record of its batches.
 GROWING_FIELDS = ("input", "growth")
-GROWING_SETTINGS = ("min_members",)
 SHOWN_DIGEST = 12    # hex digits of a digest shown in messages
 
 
@@ -49,7 +48,10 @@ def manifest(command, settings, source, radius, n_classes, start, internal_box=N
     chosen["internal_box"] = int(source.box if internal_box is None else internal_box)
     chosen["ctf"] = ctf_correction.resolve_mode(settings.ctf, getattr(source, "ctf", None) is not None)[0]
     if command == "mra":
-        chosen["min_members"] = int(settings.resolved_min_members(source.count, n_classes))
+        # a growing run's automatic minimum class size follows the particles so far, so it records the value
+        # given (None: automatic), compared between batches as every other setting is
+        chosen["min_members"] = settings.min_members if grow else \
+            int(settings.resolved_min_members(source.count, n_classes))
         chosen["balanced_iterations"] = int(settings.resolved_balanced_iterations())
     start = dict(start)
     if "references" in start:
@@ -102,11 +104,7 @@ _MISSING = object()
 
 def _comparable(m):
     """A growing run's manifest without what may change from one batch to the next."""
-    kept = {k: v for k, v in m.items() if k not in GROWING_FIELDS}
-    settings = m.get("settings", {})
-    kept["settings"] = {k: v for k, v in settings.items() if k not in GROWING_SETTINGS} \
-        if isinstance(settings, dict) else settings
-    return kept
+    return {k: v for k, v in m.items() if k not in GROWING_FIELDS}
 
 
 def differences(old, new):

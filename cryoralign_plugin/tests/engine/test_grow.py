@@ -105,6 +105,25 @@ def test_another_prefix_or_a_shrunk_input_is_refused_writing_nothing(stream, tmp
     assert {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)} == before
 
 
+def test_a_minimum_class_size_changed_between_batches_is_refused_writing_nothing(stream, tmp_path):
+    """--min-members is compared between batches like every other setting; only the automatic value
+    follows the particles so far (recorded as given, null)."""
+    out = str(tmp_path / "run")
+    images = stream[0]
+    explicit = dataclasses.replace(SETTINGS, iterations=2, min_members=3)
+    grow.grow_multi_reference(ArraySource(images[:60]), 3, explicit, out, log=lambda *_: None)
+    assert outputs.read_json(os.path.join(out, outputs.MANIFEST_JSON))["settings"]["min_members"] == 3
+    before = {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)}
+    for other, said in ((5, "settings.min_members: 3 -> 5"), (None, "settings.min_members: 3 -> null")):
+        with pytest.raises(InputError, match=re.escape(said)) as err:
+            grow.grow_multi_reference(ArraySource(images[:80]), 3, dataclasses.replace(explicit, min_members=other),
+                                      out, log=lambda *_: None)
+        assert "\n" not in str(err.value)
+    assert {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)} == before
+    placed = grow.grow_multi_reference(ArraySource(images[:80]), 3, explicit, out, log=lambda *_: None)
+    assert len(placed.classes) == 80                       # the same value grows the run
+
+
 def _old_version(out):
     _edit(os.path.join(out, outputs.MANIFEST_JSON), lambda m: m.update(version="0.0.9"))
 

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from cryoralign_plugin.engine import align, loop, minibatch, parallel, references, synthetic
+from cryoralign_plugin.engine import align, cli, loop, minibatch, parallel, references, synthetic
 from cryoralign_plugin.engine import images as im
 from cryoralign_plugin.engine.errors import InputError
 from cryoralign_plugin.engine.mrc import read_stack
@@ -72,6 +72,39 @@ def test_when_mini_batches_are_used(options, count, k, expected):
     settings = Settings(**options)
     assert minibatch.used_iterations(settings, count, k) == expected
     assert len(minibatch.Schedule(settings, count, k).sizes) == expected
+
+
+def _fewest_with_all_minibatches(settings, k):
+    """The smallest N for which automatic mode uses every mini-batch iteration (bisection)."""
+    low, high = 1, 10 ** 8          # none at 1, all at 10^8
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if minibatch.used_iterations(settings, mid, k) == settings.minibatch_iterations \
+            else (mid, high)
+    return high
+
+
+@pytest.mark.parametrize("options", [{}, dict(minibatch_per_class=30), dict(minibatch_iterations=5)])
+def test_the_per_class_figure_is_where_automatic_mode_uses_every_mini_batch_iteration(options):
+    settings = Settings(**options)
+    figure = settings.minibatch_all_per_class()     # 992.1 by default; 30 per class: 595.3; 5 iterations: 410.4
+    for k in (10, 100, 200):
+        fewest = _fewest_with_all_minibatches(settings, k)
+        assert minibatch.used_iterations(settings, fewest - 1, k) < settings.minibatch_iterations
+        # at most half the growth sum below K x the figure (9.9; 5 iterations: 4.1); measured 8.9-9.6 and 3.2-3.5
+        assert 0 <= figure * k - fewest <= 10, (k, fewest, figure * k)
+
+
+def test_the_help_quotes_where_all_mini_batch_iterations_are_used(capsys):
+    """The figure in ``mra --help`` comes from the settings (it was a hand-written 'about 1000 x K')."""
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["mra", "--help"])
+    shown = int(re.search(r"all of them from about (\d+) x K particles", " ".join(capsys.readouterr().out.split()))
+                .group(1))
+    assert shown == round(Settings().minibatch_all_per_class())          # 992
+    # K = 100: all 8 from 99 200 particles (used_iterations' boundary), 7 at 99 180
+    assert minibatch.used_iterations(Settings(), shown * 100, 100) == Settings().minibatch_iterations
+    assert minibatch.used_iterations(Settings(), shown * 100 - 20, 100) < Settings().minibatch_iterations
 
 
 def test_local_shares_of_two_ranks_are_the_subset_in_order():

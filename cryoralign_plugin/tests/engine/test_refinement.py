@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from cryoralign_plugin.engine import align, cli, images, loop, parallel, refine, search, synthetic
+from cryoralign_plugin.engine import rings as ring_ops
 from cryoralign_plugin.engine.backends.cpu import CpuBackend
 from cryoralign_plugin.engine.geometry import MIRROR, PSI, SX, SY, inverse, polar_grid, rotation, shift_grid
 from cryoralign_plugin.engine.settings import Settings
@@ -175,6 +176,30 @@ def test_results_do_not_depend_on_batches_threads_or_class_chunks(views, monkeyp
         np.testing.assert_array_equal(scores_, expected[1])
 
 
+def test_reference_spectra_are_computed_only_where_particles_need_them(views):
+    """The 3x3 neighbourhoods of the particles' (class, grid shift) only, bit for bit as at every
+    extended shift, and a particle's refinement does not depend on which others come with it."""
+    parts, _, _ = synthetic.make_particles(views, 30, snr=0.5, seed=8)
+    ctx = context(parts)
+    cand, choice, params, scores = grid_result(ctx, views)
+    refiner = refine.Refiner(ctx.backend, views, ctx.grid, ctx.shifts, 1.0)
+    classes, shift = cand.reference[:, 0].astype(np.int64), cand.shift[:, 0].astype(np.int64)
+    spectra, rows = refiner.spectra(range(len(views)), classes, shift)
+    n_ext = len(refiner.ext.shifts)
+    wanted = np.unique(classes[:, None] * n_ext + refiner.ext.neighbours[shift])
+    np.testing.assert_array_equal(np.flatnonzero(rows >= 0), wanted)
+    assert len(spectra) == len(wanted) <= len(rows) // 3    # 219 of 810 here
+    every = search.reference_rings(ctx.backend, views, ctx.grid, refiner.ext.shifts)
+    every = refine.compact_spectra(every.reshape(len(rows), -1), ctx.grid, weighted=True)
+    np.testing.assert_array_equal(spectra[rows[wanted]], every[wanted])
+    expected = refine.refine_pass(ctx, views, cand, choice, params, scores)
+    few = np.array([3, 17, 29])
+    alone = search.Candidates(*(getattr(cand, f)[few] for f in search.Candidates.__dataclass_fields__))
+    found = refine.refine_pass(context(parts[few]), views, alone, choice[few], params[few], scores[few])
+    np.testing.assert_array_equal(found[0], expected[0][few])
+    np.testing.assert_array_equal(found[1], expected[1][few])
+
+
 def test_without_a_shift_search_nothing_is_refined(views):
     parts, _, _ = synthetic.make_particles(views, 20, snr=1.0, seed=3, shift_range=0.0)
     off = one_search(parts, views, shift_range=0, refine_shifts=False)
@@ -227,6 +252,17 @@ def test_compact_spectra_hold_each_ring_up_to_its_nyquist():
     for r, (o, n) in enumerate(zip(grid.offsets, grid.lengths)):
         np.testing.assert_allclose(compact[:, starts[r]:starts[r] + counts[r]], np.fft.rfft(rings[:, o:o + n]),
                                    rtol=1e-5, atol=1e-4)
+
+
+def test_compact_spectra_are_the_ring_groups_spectra_side_by_side():
+    """Written in place (``rings.ring_spectra``'s ``out``), bit for bit the groups' spectra joined,
+    weighted (each ring's weight, short rings' Nyquist halved) or not."""
+    grid = polar_grid(27)
+    rings = np.random.default_rng(2).normal(size=(5, grid.total)).astype(np.float32)
+    for weighted in (False, True):
+        groups = ring_ops.ring_spectra(rings, grid, weighted)
+        expected = np.concatenate([g.reshape(len(rings), -1) for g in groups], axis=1)
+        np.testing.assert_array_equal(refine.compact_spectra(rings, grid, weighted), expected)
 
 
 def test_the_command_line_turns_it_off():

@@ -33,6 +33,22 @@ def test_ring_lengths_and_weights_follow_sparx():
     np.testing.assert_allclose(grid.weights, r * (2 * np.pi / n) * (256 / n))
 
 
+def test_rings_are_normalised_alike_alone_or_four_at_a_time():
+    """Zero weighted mean and unit weighted norm (numpy oracle), a flat row left at zero, and each row
+    bit for bit the same alone as in a group of four (the kernel interleaves four rows' sums)."""
+    grid = geometry.polar_grid(12)
+    rng = np.random.default_rng(5)
+    rings = (rng.normal(size=(7, grid.total)) * rng.uniform(0.1, 10.0, (7, 1)) + 3.0).astype(np.float32)
+    rings[2] = 1.5
+    found = search.normalise_rings(rings.copy(), grid)
+    area = np.repeat(grid.area, grid.lengths)
+    np.testing.assert_allclose(found @ area, 0.0, atol=1e-4)
+    np.testing.assert_allclose(np.delete((found ** 2) @ area, 2), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(found[2], 0.0)
+    for i in range(len(rings)):
+        np.testing.assert_array_equal(search.normalise_rings(rings[i:i + 1].copy(), grid)[0], found[i])
+
+
 def test_recovers_truth_at_snr_1(views64):
     parts, classes, truth = synthetic.make_particles(views64, 300, snr=1.0, seed=4)
     res = one_search(parts, views64, radius=27)
