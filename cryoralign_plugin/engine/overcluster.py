@@ -24,9 +24,13 @@ from .settings import CANDIDATES
 def classes_at(settings, n_classes, count):
     """The number of classes a run from random particles to ``n_classes`` holds after each iteration
     (0: its initial references), as a function: ``overcluster`` x K before ``overcluster_iterations``,
-    K from then on; K throughout for K = 1 or where ``count`` particles are fewer than c K."""
+    K from then on; K throughout for K = 1, where ``count`` particles are fewer than c K, or where the
+    run's ``iterations`` end before the merge (then a run and its ``--continue`` to more iterations
+    stay at K; as with mini-batches, that is the one use of ``iterations``)."""
     n_classes = n_classes or 0   # none given: refused where the references are drawn
-    factor = settings.overcluster if 1 < n_classes and settings.overcluster * n_classes <= count else 1
+    over = 1 < n_classes and settings.overcluster * n_classes <= count \
+        and settings.iterations > settings.overcluster_iterations
+    factor = settings.overcluster if over else 1
     merge_at = settings.overcluster_iterations
 
     def at(iteration):
@@ -118,12 +122,15 @@ def merge(ctx, state, n_classes):
 
 def hook(classes_at, n_classes):
     """``loop.iterate``'s ``merge`` hook of a run to ``n_classes`` with the schedule ``classes_at`` (None
-    when it does not over-cluster): after each iteration, the state merged down to the classes it has next."""
+    when it does not over-cluster): after each iteration, the state merged down to the classes it has
+    next, and to ``n_classes`` after the run's ``last`` iteration (auto-stop before the merge).  A state
+    already merged stays so (a run continued from one that stopped early)."""
     if classes_at(0) == n_classes:
         return None
 
-    def after(ctx, state):
-        if len(state.references) != classes_at(state.iteration):
-            return merge(ctx, state, classes_at(state.iteration))
+    def after(ctx, state, last):
+        target = n_classes if last else classes_at(state.iteration)
+        if len(state.references) > target:
+            return merge(ctx, state, target)
         return state
     return after

@@ -103,13 +103,45 @@ def test_the_run_merges_at_its_schedule_and_records_it(whole):
     assert (settings["overcluster"], settings["overcluster_iterations"]) == (3, 2)
 
 
-@pytest.mark.parametrize("killed_after", [1, 2])   # in the over-clustered phase; at the merge
-def test_continue_gives_the_one_run_result(particles, whole, tmp_path, killed_after):
+class Killed(Exception):
+    pass
+
+
+def killed_after(iteration):
+    """A log that kills the run once iteration ``iteration`` is checkpointed (its line comes after)."""
+    def log(line):
+        if line.startswith("iteration %d/" % iteration):
+            raise Killed
+    return log
+
+
+@pytest.mark.parametrize("iteration", [1, 2])   # in the over-clustered phase; at the merge
+def test_continue_gives_the_one_run_result(particles, whole, tmp_path, iteration):
     images, _ = particles
-    align.align_multi_reference(images, out_dir=str(tmp_path), **dict(OVER, iterations=killed_after))
+    with pytest.raises(Killed):
+        align.align_multi_reference(images, out_dir=str(tmp_path), **dict(OVER, log=killed_after(iteration)))
     again = align.align_multi_reference(images, out_dir=str(tmp_path), resume=True, **OVER)
     for name in ("classes", "params", "averages", "references"):
         np.testing.assert_array_equal(getattr(again, name), getattr(whole[0], name), err_msg=name)
+
+
+def test_a_run_ending_before_the_merge_does_not_over_cluster(particles, tmp_path):
+    # it returned c K classes, never merged; the same holds for its --continue to more iterations
+    images, truth = particles
+    short = align.align_multi_reference(images, out_dir=str(tmp_path), **dict(OVER, iterations=1))
+    assert [len(r["class_sizes"]) for r in short.history] == [3] and len(short.averages) == 3
+    longer = align.align_multi_reference(images, out_dir=str(tmp_path), resume=True, **OVER)
+    assert [len(r["class_sizes"]) for r in longer.history] == [3, 3, 3, 3]
+    assert synthetic.purity(longer.classes, truth) == 1.0
+
+
+def test_an_auto_stop_before_the_merge_merges(particles):
+    images, _ = particles
+    result = align.align_multi_reference(images, **dict(OVER, iterations=6, overcluster_iterations=5,
+                                                        auto_stop=True, stop_fraction=1.0))
+    # iteration 1 changes every class (from none); iteration 2 changes fewer than all: it stops there
+    assert len(result.history) == 2 and len(result.averages) == 3 and result.class_sizes.min() > 0
+    assert len(result.history[-1]["merged"]) == 3
 
 
 def test_threads_give_the_same_merge(particles, whole):
