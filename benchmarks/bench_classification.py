@@ -7,8 +7,11 @@ started from the true views (where K equals the number of views), the purity fro
 each seed with its ratio to the oracle, the smallest class, the final mean score and mean assignment
 margin (:mod:`cryoralign_plugin.engine.criteria`) and the seconds.  Default settings (10 iterations).
 Prints a table and one JSON line.
+``--overcluster C`` (and ``--overcluster-iterations M``) run the random starts over-clustered
+(:mod:`cryoralign_plugin.engine.overcluster`); the start from the true views never is.
 Usage: python benchmarks/bench_classification.py [--particles 1500] [--box 64] [--seeds 1 2 3]
-       [--sets slicem-0.02 slicem-0.05 pairs rare k20 k5] [--threads N]
+       [--sets slicem-0.02 slicem-0.05 pairs rare k20 k5] [--threads N] [--overcluster C]
+       [--overcluster-iterations M]
 """
 import argparse
 import json
@@ -31,8 +34,8 @@ def quiet(*_):
     pass
 
 
-def run(images, truth, threads, **start):
-    settings = Settings(threads=threads, seed=start.pop("seed", 0))
+def run(images, truth, threads, options, **start):
+    settings = Settings(threads=threads, seed=start.pop("seed", 0), **options)
     t = time.perf_counter()
     result = align.align_multi_reference(images, settings=settings, log=quiet, **start)
     last = result.history[-1]
@@ -48,7 +51,10 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--overcluster", type=int, default=Settings.overcluster)
+    parser.add_argument("--overcluster-iterations", type=int, default=Settings.overcluster_iterations)
     args = parser.parse_args(argv)
+    options = {"overcluster": args.overcluster, "overcluster_iterations": args.overcluster_iterations}
     rows = []
     print("%-12s %-8s %7s %7s %6s %9s %8s %7s" % ("set", "start", "purity", "ratio", "min", "score",
                                                    "margin", "s"))
@@ -61,7 +67,7 @@ def main(argv=None):
             [("seed %d" % s, {"n_classes": k, "seed": s}) for s in args.seeds]
         oracle = None
         for label, start in starts:
-            row = dict(run(images, truth, args.threads, **start), set=name, start=label)
+            row = dict(run(images, truth, args.threads, options, **start), set=name, start=label)
             oracle = row["purity"] if label == "oracle" else oracle
             row["ratio"] = row["purity"] / oracle if oracle else None
             rows.append(row)
@@ -69,7 +75,7 @@ def main(argv=None):
                 name, label, row["purity"], "-" if row["ratio"] is None else "%.3f" % row["ratio"],
                 row["smallest"], row["mean_score"], row["mean_margin"], row["seconds"]), flush=True)
     print(json.dumps({"benchmark": "classification", "particles": args.particles, "box": args.box,
-                      "rows": rows}))
+                      **options, "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import images as imgops
-from . import downsample, loop, minibatch, outputs, parallel, references as reference_ops, rundir
+from . import downsample, loop, minibatch, outputs, overcluster, parallel, references as reference_ops, rundir
 from .backends import get_backend
 from .errors import InputError
 from .settings import Settings
@@ -59,12 +59,16 @@ def _unassigned_state(ctx, refs):
                       np.zeros(len(refs)), refs, [])
 
 
-def _run(ctx, n_refs, initial_state, reseed, out_dir, resume, overwrite, command, start, inputs):
+def _run(ctx, n_refs, initial_state, reseed, out_dir, resume, overwrite, command, start, inputs, merge=None,
+         classes_at=None):
     """Claim ``out_dir``, then iterate from its last checkpoint or from ``initial_state()``.
 
     The initial state is built only after the folder is claimed and only when no checkpoint is resumed:
     for RFA it is a pass over every particle, which a refused or continued run must not pay for.
+    ``merge`` is :func:`~.loop.iterate`'s hook and ``classes_at`` the number of classes after each
+    iteration where it changes (:mod:`.overcluster`); ``n_refs`` is the run's final number.
     """
+    checked = classes_at or n_refs
     subsets = minibatch.schedule(ctx.settings, ctx.source.count, n_refs)   # refuses before the folder is claimed
     claim = None
     if out_dir is not None:
@@ -74,16 +78,16 @@ def _run(ctx, n_refs, initial_state, reseed, out_dir, resume, overwrite, command
             claim = rundir.claim(out_dir, new, resume, overwrite, ctx.settings.iterations,
                                  rundir.input_files(ctx.input_source, inputs), ctx.log,
                                  check=lambda *found: loop.state_for(*found, out_dir, ctx.source.count,
-                                                                     ctx.source.box, n_refs))
+                                                                     ctx.source.box, checked))
         # rank 0 decides whether to resume; the others wait for it here (if it refuses, the CLI aborts them)
         resume = bool(ctx.comm.allgather(np.array([claim is not None and claim.resume]))[0])
     try:
-        state = loop.restore(out_dir, ctx.source.count, ctx.source.box, n_refs) if resume else None
+        state = loop.restore(out_dir, ctx.source.count, ctx.source.box, checked) if resume else None
         if state is not None:
             ctx.log("continuing after iteration %d" % state.iteration)
         else:
             state = initial_state()
-        state = loop.iterate(ctx, state, reseed, out_dir, subsets)
+        state = loop.iterate(ctx, state, reseed, out_dir, subsets, merge)
         result = _result(ctx, state)
         if out_dir is not None and ctx.comm.rank == 0:
             outputs.write(out_dir, ctx.input_source, result)
@@ -139,17 +143,22 @@ def align_multi_reference(particles, n_classes=None, references=None, settings=N
     """
     settings = settings or Settings(**options)
     with _running(particles, settings, comm, log, out_dir) as ctx:
-        refs = _initial_references(ctx, n_classes, references)
-        state = _unassigned_state(ctx, refs)
         if references is not None:
+            refs = _initial_references(ctx, n_classes, references)
+            state = _unassigned_state(ctx, refs)
             given = np.asarray(references, np.float32)
             start = {"references": given[None] if given.ndim == 2 else given}
-        else:
-            start = {"classes": int(n_classes), "seed": int(settings.seed)}
-        return _run(ctx, len(refs), lambda: state, True, out_dir, resume, overwrite, "mra", start, inputs)
+            return _run(ctx, len(refs), lambda: state, True, out_dir, resume, overwrite, "mra", start, inputs)
+        classes_at = overcluster.classes_at(settings, n_classes, ctx.source.count)   # over-clustering or not
+        state = _unassigned_state(ctx, _initial_references(ctx, n_classes, None, classes_at))
+        start = {"classes": int(n_classes), "seed": int(settings.seed)}
+        return _run(ctx, n_classes, lambda: state, True, out_dir, resume, overwrite, "mra", start, inputs,
+                    overcluster.hook(classes_at, n_classes), classes_at)
 
 
-def _initial_references(ctx, n_classes, references):
+def _initial_references(ctx, n_classes, references, classes_at=None):
+    """The given references at the internal box, or random particles: ``n_classes`` of them, or as many
+    as the schedule ``classes_at`` (:func:`~.overcluster.classes_at`) starts with."""
     count, box = ctx.source.count, ctx.input_source.box
     if references is not None:
         refs = np.asarray(references, np.float32)
@@ -174,5 +183,6 @@ def _initial_references(ctx, n_classes, references):
         raise InputError("%d classes were requested but there are only %d particles: ask for at most %d "
                          "classes" % (n_classes, count, count))
     rng = np.random.default_rng(ctx.settings.seed)
-    chosen = np.sort(rng.choice(count, size=n_classes, replace=False))
+    drawn = n_classes if classes_at is None else classes_at(0)
+    chosen = np.sort(rng.choice(count, size=drawn, replace=False))
     return imgops.normalise(ctx.correction.for_search(ctx.source.read(chosen), chosen), ctx.radius, chosen)

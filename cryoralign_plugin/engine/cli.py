@@ -181,6 +181,12 @@ def build_parser():
     mra.add_argument("--no-debias", dest="debias", action="store_false", default=d.debias,
                      help="keep each particle's own noise in its score against its class's reference (default: "
                           "it is taken off, so particles are not held in the class they are in)")
+    mra.add_argument("--overcluster", type=int, default=d.overcluster, metavar="C",
+                     help="from random particles (--classes K): run the first --overcluster-iterations at C x K "
+                          "classes, then merge them down to K by their aligned similarity (default: %(default)s; "
+                          "1: off)")
+    mra.add_argument("--overcluster-iterations", type=int, default=d.overcluster_iterations,
+                     help="iterations at C x K classes before the merge (default: %(default)s)")
     g = mra.add_argument_group("mini-batch iterations (large sets)")
     switch = g.add_mutually_exclusive_group()
     switch.add_argument("--minibatch", dest="minibatch", action="store_const", const=True, default=d.minibatch,

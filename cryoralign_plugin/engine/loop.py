@@ -8,6 +8,7 @@ state is checkpointed (atomically) so ``resume`` continues from the last complet
 import copy
 import dataclasses
 import functools
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -265,7 +266,7 @@ class State:
     sums: np.ndarray = None   # class sums (fixed point), kept when iterate has a subsets hook
 
 
-def iterate(ctx, state, reseed, out_dir=None, subsets=None):
+def iterate(ctx, state, reseed, out_dir=None, subsets=None, merge=None):
     """Run iterations ``state.iteration + 1 ..`` up to the limit (or auto-stop); return the state.
 
     ``subsets(iteration)``, if given, returns the sorted global indices of the particles to search in
@@ -274,12 +275,15 @@ def iterate(ctx, state, reseed, out_dir=None, subsets=None):
     hook the state keeps the class sums, so an iteration searching a subset updates them with that
     subset's change instead of averaging every particle again.  The history row's ``searched`` says
     how many were searched; auto-stop is judged only on iterations that search every particle.
+    ``merge(ctx, state, last)``, if given, returns the state to checkpoint and go on from after each
+    iteration (:mod:`.overcluster`'s merge, which may change the number of classes); ``last``: the run
+    ends with it.
     """
     settings, comm = ctx.settings, ctx.comm
-    n_classes = len(state.references)
     balanced = settings.resolved_balanced_iterations()
     for iteration in range(state.iteration + 1, settings.iterations + 1):
         start = time.perf_counter()
+        n_classes = len(state.references)
         subset = subsets(iteration) if subsets is not None else None
         part = ctx.subset(subset)   # the particles this iteration searches
         cand = search_pass(part, state.references, state.params)
@@ -318,10 +322,13 @@ def iterate(ctx, state, reseed, out_dir=None, subsets=None):
         row["reseeded"] = events
         row.update(criteria.class_criteria(classes[searched], scores[searched], margins, n_classes))
         state = State(iteration, params, classes, scores, refs, cutoffs, averages, state.history + [row], sums)
+        converged = settings.auto_stop and part.active is None and row["changed"] < settings.stop_fraction
+        if merge is not None:
+            state = merge(ctx, state, converged or iteration == settings.iterations)
         if out_dir is not None and comm.rank == 0:
             save(out_dir, state)
         ctx.log(progress_line(row, settings.iterations, ctx.source.count))
-        if settings.auto_stop and part.active is None and row["changed"] < settings.stop_fraction:
+        if converged:
             ctx.log("converged: %.2f%% of the particles changed (< %.2f%%)"
                     % (100 * row["changed"], 100 * settings.stop_fraction))
             break
@@ -360,11 +367,15 @@ def restore(out_dir, count, box, n_classes):
 
 def state_for(iteration, arrays, meta, out_dir, count, box, n_classes):
     """:func:`state_of` the checkpoint, refused (InputError) unless it holds ``count`` particles and
-    ``n_classes`` references of ``box`` px: the check a resumed run's folder claim makes before it
-    removes anything (:func:`~.rundir.claim`'s ``check``)."""
+    ``n_classes`` references of ``box`` px (a number, or a function of the iteration where the run
+    changes it: :func:`~.overcluster.classes_at`): the check a resumed run's folder claim makes before
+    it removes anything (:func:`~.rundir.claim`'s ``check``)."""
     state = state_of(iteration, arrays, meta, out_dir)
+    # with a schedule, also its final number: a run that ended before its merge holds that from then on
+    allowed = {n_classes(iteration), n_classes(math.inf)} if callable(n_classes) else {n_classes}
+    n_classes = n_classes(iteration) if callable(n_classes) else n_classes
     if len(state.params) != count or state.references.shape[1:] != (box, box) \
-            or len(state.references) != n_classes:
+            or len(state.references) not in allowed:
         raise InputError("the checkpoint in %s belongs to another run (%d particles, %d classes of %d px; "
                          "this run has %d particles, %d classes of %d px): use a new output directory or "
                          "the same input" % (out_dir, len(state.params), len(state.references),

@@ -63,6 +63,10 @@ MINIBATCH_ITERATIONS = ITERATIONS - FINAL_FULL_PASSES
 MINIBATCH_GROWTH = 1.25
 MINIBATCH_FRACTION = 1.0
 MINIBATCH_LEAST_PER_CLASS = 50
+# Over-clustering (:mod:`.overcluster`): MRA from random particles runs its first OVERCLUSTER_ITERATIONS
+# iterations at OVERCLUSTER x K classes, then merges them down to K.
+OVERCLUSTER = 1
+OVERCLUSTER_ITERATIONS = 5
 # Automatic new_class_members: never fewer than this many misfits seed a class.
 NEW_CLASS_LEAST = 10
 
@@ -87,6 +91,8 @@ class Settings:
     seed: int = 0
     min_members: Optional[int] = None          # re-seed classes smaller than this; None: N / (4 K), at least 2
     balanced_iterations: Optional[int] = None  # equal-size assignment for the first iterations; None: 5
+    overcluster: int = OVERCLUSTER     # MRA from random particles: the first iterations at this x K classes (1: off)
+    overcluster_iterations: int = OVERCLUSTER_ITERATIONS   # iterations before the classes are merged down to K
     debias: bool = True            # MRA: take a member's own noise out of its score against its class (selfbias.py)
     batch_size: int = 2048
     minibatch: Optional[bool] = None   # search growing random subsets first; None: automatic (minibatch.used_iterations)
@@ -136,6 +142,9 @@ class Settings:
                                        "(automatic)", optional=True)
         _whole(self, "balanced_iterations", 0, "give a number of iterations >= 0, or leave it out "
                                                "(automatic: the first 5)", optional=True)
+        _whole(self, "overcluster", 1, "give a factor >= 1 (1: no over-clustering; default %d)" % OVERCLUSTER)
+        _whole(self, "overcluster_iterations", 1, "give at least 1 iteration before the merge (default %d)"
+               % OVERCLUSTER_ITERATIONS)
         _whole(self, "preselect", 1, "give at least 1 reference per particle, or leave it out (automatic)",
                optional=True)
         _whole(self, "batch_size", 1, "give at least 1 particle per batch")

@@ -75,6 +75,8 @@ BAD_FLAGS = [
     (["mra", "--classes", -2], "--classes -2"),
     (["mra", "--classes", 2, "--min-members", -1], "--min-members -1"),
     (["mra", "--classes", 2, "--balanced-iterations", -1], "--balanced-iterations -1"),
+    (["mra", "--classes", 2, "--overcluster", 0], "--overcluster 0"),
+    (["mra", "--classes", 2, "--overcluster-iterations", 0], "--overcluster-iterations 0"),
     (["rfa", "--pixel-size", 0], "--pixel-size 0"),
 ]
 
