@@ -12,7 +12,7 @@ against the true views, and a PROJECTION to ``--project`` particles: this run's 
 search times the searches the default schedule makes there (cost linear in N).  A table and one JSON line.
 Usage: python benchmarks/bench_large.py [--particles 100000] [--classes 100] [--snr 0.2] [--data DIR]
        [--source phantom-zoo|phantom]
-       [--project 1000000] [--threads N]
+       [--project 1000000] [--threads N] [--overcluster C]
 """
 import argparse
 import json
@@ -83,6 +83,8 @@ def main():
                                        "default: a temporary folder")
     parser.add_argument("--project", type=int, default=1000000, help="particles to project the time to")
     parser.add_argument("--threads", type=int, help="engine threads (default: all cores)")
+    parser.add_argument("--overcluster", type=int, help="the first iterations at this x K classes "
+                                                        "(default: the engine's)")
     args = parser.parse_args()
     temporary = tempfile.mkdtemp(prefix="bench-large-")
     try:
@@ -94,6 +96,7 @@ def main():
         command = [sys.executable, "-m", "cryoralign_plugin.engine.cli", "mra", "--particles", star,
                    "--out", run, "--classes", str(args.classes)]
         command += ["--threads", str(args.threads)] if args.threads else []
+        command += ["--overcluster", str(args.overcluster)] if args.overcluster else []
         load_before, cpu_before = os.getloadavg()[0], resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)

@@ -64,8 +64,8 @@ MINIBATCH_GROWTH = 1.25
 MINIBATCH_FRACTION = 1.0
 MINIBATCH_LEAST_PER_CLASS = 50
 # Over-clustering (:mod:`.overcluster`): MRA from random particles runs its first OVERCLUSTER_ITERATIONS
-# iterations at OVERCLUSTER x K classes, then merges them down to K.
-OVERCLUSTER = 1
+# iterations at OVERCLUSTER x K classes, then merges them down to K (on by default: README, Algorithm).
+OVERCLUSTER = 3
 OVERCLUSTER_ITERATIONS = 5
 # Automatic new_class_members: never fewer than this many misfits seed a class.
 NEW_CLASS_LEAST = 10

@@ -55,6 +55,13 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
                       help='A class reference holds a share of each member\'s own noise, which lifts the '
                            'member\'s score against its class and holds it there; Yes takes that expected '
                            'lift off before the classes are chosen (helps random starts at low SNR).')
+        form.addParam('overcluster', params.IntParam, default=DEFAULTS.overcluster,
+                      condition='not doContinue and not useReferences', validators=[params.Positive],
+                      expertLevel=params.LEVEL_ADVANCED, label='Over-clustering factor',
+                      help='From random particles the first %d iterations run at this many times the '
+                           'classes, which are more often pure, then the classes are merged down to the '
+                           'number asked for by the similarity of their aligned averages (1: off).'
+                           % DEFAULTS.overcluster_iterations)
         form.addParam('seed', params.IntParam, default=DEFAULTS.seed, condition='not doContinue',
                       expertLevel=params.LEVEL_ADVANCED, label='Random seed',
                       help='Seeds the choice of random initial references; the same seed and input '
@@ -108,7 +115,8 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
         if src.useReferences:
             args = ['--references', self._getInputPath(REFERENCES_STACK)]
         else:
-            args = ['--classes', src.numberOfClasses.get(), '--seed', src.seed.get()]
+            args = ['--classes', src.numberOfClasses.get(), '--seed', src.seed.get(),
+                    '--overcluster', src.overcluster.get()]
         if src.minMembers.get() >= 0:  # else automatic: left to the engine
             args += ['--min-members', src.minMembers.get()]
         if not src.debias.get():

@@ -267,8 +267,9 @@ class TestForms(BaseTest):
 
     def test_engineArguments(self):
         args = self.newClassify(numberOfClasses=3, seed=5, numberOfThreads=2)._getEngineArgs()
-        for part in ("mra --particles", "--classes 3 --seed 5", "--threads 2", "--backend cpu"):
+        for part in ("mra --particles", "--classes 3 --seed 5 --overcluster 3", "--threads 2", "--backend cpu"):
             self.assertIn(part, args)
+        self.assertIn("--overcluster 1", self.newClassify(numberOfClasses=3, overcluster=1)._getEngineArgs())
         for automatic in ("--radius", "--mask-diameter", "--max-resolution", "--shift-range", "--shift-step"):
             self.assertNotIn(automatic, args)     # left to the engine (automatic)
         given = self.newClassify(numberOfClasses=3, maskDiameterA=80, maxResolution=8, maximumShift=4,
