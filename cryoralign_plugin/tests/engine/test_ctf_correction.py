@@ -6,21 +6,19 @@ particles made without CTF (the amplitudes a correct average must restore) and t
 (classification).
 """
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from cryoralign_plugin.engine import align, cli, ctf, ctf_correction as cc, loop, outputs, parallel, references
+from cryoralign_plugin.engine import align, cli, ctf, ctf_correction as cc, loop, parallel, references
 from cryoralign_plugin.engine import images as imgops
 from cryoralign_plugin.engine import synthetic
 from cryoralign_plugin.engine.backends import get_backend
 from cryoralign_plugin.engine.errors import InputError
-from cryoralign_plugin.engine.mrc import read_stack
 from cryoralign_plugin.engine.settings import Settings
 from cryoralign_plugin.engine.sources import ArraySource
 from oracles import registered
+from ranks import same_on_one_and_two_ranks
 
 quiet = lambda *_: None
 REQUIRED = ["--particles", "p.star", "--out", "out"]
@@ -444,28 +442,14 @@ def test_continue_gives_the_result_of_one_ctf_run(small, tmp_path):
     assert [r["iteration"] for r in again.history] == [1, 2, 3, 4]
 
 
-ENGINE = [sys.executable, "-m", "cryoralign_plugin.engine.cli"]
-MPIRUN = os.path.join(os.path.dirname(sys.executable), "mpirun")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["wiener", "flip"])
 def test_two_mpi_ranks_give_the_single_process_result_with_ctf(tmp_path, mode):
     data = tmp_path / "data"
     synthetic.make_dataset(str(data), n_particles=151, box=48, n_classes=3, snr=1.0, seed=1, source="slicem",
                            ctf=synthetic.CtfSimulation())
-    for ranks in (1, 2):
-        cmd = ([MPIRUN, "-n", "2"] if ranks > 1 else []) + ENGINE + [
-            "mra", "--particles", str(data / "particles.star"), "--out", str(tmp_path / str(ranks)),
-            "--classes", "3", "--iterations", "3", "--threads", "1", "--batch-size", "40"]
-        if mode != "wiener":
-            cmd += ["--ctf", mode]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr
-        why = "the input has CTF columns" if mode == "wiener" else "--ctf flip"
+    why = "the input has CTF columns" if mode == "wiener" else "--ctf flip"
+    for done in same_on_one_and_two_ranks(tmp_path, "mra", "--particles", data / "particles.star", "--classes", 3,
+                                          "--iterations", 3, "--threads", 1, "--batch-size", 40,
+                                          *([] if mode == "wiener" else ["--ctf", mode]), timeout=600):
         assert "CTF correction: %s (%s)" % (mode, why) in done.stdout
-    assert "2 MPI rank(s)" in done.stdout
-    particles = outputs.PARTICLES_STAR
-    assert (tmp_path / "1" / particles).read_text() == (tmp_path / "2" / particles).read_text()
-    np.testing.assert_array_equal(read_stack(str(tmp_path / "1" / outputs.CLASSES_MRCS)),
-                                  read_stack(str(tmp_path / "2" / outputs.CLASSES_MRCS)))

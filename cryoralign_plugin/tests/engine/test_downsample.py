@@ -5,8 +5,6 @@ scan of every smaller box; the CTF of the input box at the frequencies the crop 
 parameters and views of synthetic particles.
 """
 import os
-import subprocess
-import sys
 import types
 
 import numpy as np
@@ -19,6 +17,7 @@ from cryoralign_plugin.engine.geometry import sampling_limit
 from cryoralign_plugin.engine.settings import MIN_MASK_RADIUS, Settings
 from cryoralign_plugin.engine.sources import ArraySource
 from oracles import registered
+from ranks import same_on_one_and_two_ranks
 
 quiet = lambda *_: None
 
@@ -321,19 +320,10 @@ def test_the_command_line_refuses_bad_units_in_one_line(tmp_path, capsys, args, 
 def test_two_mpi_ranks_give_the_single_process_result_at_an_internal_box(tmp_path):
     paths = synthetic.make_dataset(str(tmp_path / "data"), n_particles=61, box=64, n_classes=2, snr=1.0, seed=2,
                                    source="slicem", ctf=synthetic.CtfSimulation(pixel_size=2.0))
-    engine = [sys.executable, "-m", "cryoralign_plugin.engine.cli"]
-    mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
-    for ranks in (1, 2):
-        cmd = ([mpirun, "-n", "2"] if ranks > 1 else []) + engine + [
-            "mra", "--particles", paths["particles_star"], "--out", str(tmp_path / str(ranks)), "--classes", "2",
-            "--iterations", "2", "--threads", "1", "--batch-size", "16", "--max-resolution", "8"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
+    for done in same_on_one_and_two_ranks(tmp_path, "mra", "--particles", paths["particles_star"], "--classes", 2,
+                                          "--iterations", 2, "--threads", 1, "--batch-size", 16,
+                                          "--max-resolution", 8):
         assert "internal box 32 px" in done.stdout
-    particles = outputs.PARTICLES_STAR
-    assert (tmp_path / "1" / particles).read_text() == (tmp_path / "2" / particles).read_text()
-    np.testing.assert_array_equal(mrc.read_stack(str(tmp_path / "1" / outputs.CLASSES_MRCS)),
-                                  mrc.read_stack(str(tmp_path / "2" / outputs.CLASSES_MRCS)))
 
 
 @pytest.mark.parametrize("with_ctf,kept", [(False, {".cropped-"}), (True, {".flipped-", ".weighted-"})])

@@ -1,21 +1,17 @@
 """engine.overcluster: the schedule, the merge's clustering and alignment, continue and determinism."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from cryoralign_plugin.engine import align, geometry, loop, outputs, overcluster, synthetic
+from cryoralign_plugin.engine import align, geometry, loop, overcluster, synthetic
 from cryoralign_plugin.engine import images as im
-from cryoralign_plugin.engine.mrc import read_stack, write_stack
+from cryoralign_plugin.engine.mrc import write_stack
 from cryoralign_plugin.engine.star import write_star
 from cryoralign_plugin.engine.settings import Settings
+from ranks import same_on_one_and_two_ranks
 
 quiet = dict(log=lambda *_: None)
-ENGINE = [sys.executable, "-m", "cryoralign_plugin.engine.cli"]
-MPIRUN = os.path.join(os.path.dirname(sys.executable), "mpirun")
 
 
 def test_schedule_over_clusters_from_random_particles():
@@ -170,14 +166,6 @@ def test_two_mpi_ranks_merge_as_one(particles, tmp_path):
     write_stack(str(tmp_path / "s.mrcs"), particles[0])
     write_star(str(star), {"particles": (["rlnImageId", "rlnImageName"],
                                          [(i + 1, "%06d@s.mrcs" % (i + 1)) for i in range(len(particles[0]))])})
-    for ranks in (1, 2):
-        cmd = ([MPIRUN, "-n", "2"] if ranks > 1 else []) + ENGINE + [
-            "mra", "--particles", str(star), "--out", str(tmp_path / str(ranks)), "--classes", "3",
-            "--iterations", "3", "--overcluster", "3", "--overcluster-iterations", "2", "--threads", "1"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
+    for done in same_on_one_and_two_ranks(tmp_path, "mra", "--particles", star, "--classes", 3, "--iterations", 3,
+                                          "--overcluster", 3, "--overcluster-iterations", 2, "--threads", 1):
         assert "merged 9 classes into 3" in done.stdout
-    particles_star = outputs.PARTICLES_STAR
-    assert (tmp_path / "1" / particles_star).read_text() == (tmp_path / "2" / particles_star).read_text()
-    np.testing.assert_array_equal(read_stack(str(tmp_path / "1" / outputs.CLASSES_MRCS)),
-                                  read_stack(str(tmp_path / "2" / outputs.CLASSES_MRCS)))

@@ -1,7 +1,5 @@
 """Whole runs: RFA consistency, MRA continue, MPI equality and failure, CLI bad input."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,9 +9,8 @@ from cryoralign_plugin.engine.geometry import MIRROR
 from cryoralign_plugin.engine.mrc import read_stack, write_stack
 from cryoralign_plugin.engine.sources import StarSource
 from cryoralign_plugin.engine.star import read_star, write_star
+from ranks import engine, same_on_one_and_two_ranks
 
-ENGINE = [sys.executable, "-m", "cryoralign_plugin.engine.cli"]
-MPIRUN = os.path.join(os.path.dirname(sys.executable), "mpirun")
 quiet = dict(log=lambda *_: None)
 
 
@@ -22,11 +19,6 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     synthetic.make_dataset(str(root), n_particles=240, box=48, n_classes=3, snr=1.0, seed=1, source="slicem")
     return root
-
-
-def engine(*args, ranks=1):
-    cmd = ([MPIRUN, "-n", str(ranks)] if ranks > 1 else []) + ENGINE + [str(a) for a in args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
 def test_reference_free_alignment_brings_particles_into_register():
@@ -70,15 +62,8 @@ def test_outputs_follow_the_contract(dataset, tmp_path):
 
 @pytest.mark.slow
 def test_two_mpi_ranks_give_the_single_process_result(dataset, tmp_path):
-    for ranks in (1, 2):
-        done = engine("mra", "--particles", dataset / "particles.star", "--out", tmp_path / str(ranks),
-                      "--classes", 3, "--iterations", 3, "--threads", 1, ranks=ranks)
-        assert done.returncode == 0, done.stderr
-    assert "2 MPI rank(s)" in done.stdout
-    particles = outputs.PARTICLES_STAR
-    assert (tmp_path / "1" / particles).read_text() == (tmp_path / "2" / particles).read_text()
-    np.testing.assert_array_equal(read_stack(str(tmp_path / "1" / outputs.CLASSES_MRCS)),
-                                  read_stack(str(tmp_path / "2" / outputs.CLASSES_MRCS)))
+    same_on_one_and_two_ranks(tmp_path, "mra", "--particles", dataset / "particles.star", "--classes", 3,
+                              "--iterations", 3, "--threads", 1)
 
 
 @pytest.mark.slow
