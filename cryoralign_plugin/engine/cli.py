@@ -21,7 +21,7 @@ from dataclasses import fields
 from .errors import InputError
 from .memory import PeakMemory
 from .settings import (FINAL_FULL_PASSES, MAX_RESOLUTION, MINIBATCH_FRACTION, MINIBATCH_GROWTH,
-                       MINIBATCH_LEAST_PER_CLASS, SHIFT_RANGE, SHIFT_STEP, Settings)
+                       MINIBATCH_LEAST_PER_CLASS, OVERCLUSTER_MAX_CLASSES, SHIFT_RANGE, SHIFT_STEP, Settings)
 
 PROG = "cryoralign-engine"
 DEFAULTS = Settings()
@@ -184,7 +184,7 @@ def build_parser():
     mra.add_argument("--overcluster", type=int, default=d.overcluster, metavar="C",
                      help="from random particles (--classes K): run the first --overcluster-iterations at C x K "
                           "classes, then merge them down to K by their aligned similarity (default: %(default)s; "
-                          "1: off)")
+                          "1: off; only while C x K <= " + str(OVERCLUSTER_MAX_CLASSES) + ")")
     mra.add_argument("--overcluster-iterations", type=int, default=d.overcluster_iterations,
                      help="iterations at C x K classes before the merge (default: %(default)s)")
     g = mra.add_argument_group("mini-batch iterations (large sets)")

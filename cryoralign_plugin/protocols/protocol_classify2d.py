@@ -10,7 +10,7 @@ from .. import convert
 from ..constants import (CLASSES_MRCS, CLASSES_STAR, MRA, PARTICLES_STAR,
                          REFERENCES_STACK)
 from ..engine.settings import (FINAL_FULL_PASSES, MINIBATCH_FRACTION, MINIBATCH_GROWTH,
-                               MINIBATCH_LEAST_PER_CLASS)
+                               MINIBATCH_LEAST_PER_CLASS, OVERCLUSTER_MAX_CLASSES)
 from .protocol_base import AUTOMATIC, DEFAULTS, CryoralignProtBase
 
 
@@ -60,8 +60,9 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
                       expertLevel=params.LEVEL_ADVANCED, label='Over-clustering factor',
                       help='From random particles the first %d iterations run at this many times the '
                            'classes, which are more often pure, then the classes are merged down to the '
-                           'number asked for by the similarity of their aligned averages (1: off).'
-                           % DEFAULTS.overcluster_iterations)
+                           'number asked for by the similarity of their aligned averages (1: off; only '
+                           'while the over-clustered classes are at most %d).'
+                           % (DEFAULTS.overcluster_iterations, OVERCLUSTER_MAX_CLASSES))
         form.addParam('seed', params.IntParam, default=DEFAULTS.seed, condition='not doContinue',
                       expertLevel=params.LEVEL_ADVANCED, label='Random seed',
                       help='Seeds the choice of random initial references; the same seed and input '

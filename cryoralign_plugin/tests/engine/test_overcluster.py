@@ -20,6 +20,9 @@ def test_schedule_over_clusters_from_random_particles():
     assert overcluster.hook(count, 10) is not None
     assert overcluster.classes_at(Settings(overcluster=3), 10, 29)(0) == 10   # fewer particles than c K
     assert overcluster.classes_at(Settings(overcluster=3), 1, 1000)(0) == 1
+    # over OVERCLUSTER_MAX_CLASSES (100) over-clustered classes: K throughout (memory)
+    assert overcluster.classes_at(Settings(overcluster=3), 33, 10 ** 5)(0) == 99
+    assert overcluster.classes_at(Settings(overcluster=3), 34, 10 ** 5)(0) == 34
     assert overcluster.hook(overcluster.classes_at(Settings(overcluster=1), 10, 1000), 10) is None
 
 
