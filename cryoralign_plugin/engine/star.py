@@ -1,4 +1,4 @@
-"""STAR tables (RELION's text format) read with emtable and written in its format.
+"""STAR tables (RELION's text format) read and written with emtable.
 
 emtable reads one table from an open file but cannot list a file's tables, and it splits a row on
 blanks; this module adds the scan that finds each ``data_`` block, reads one by name, and quotes the
@@ -174,27 +174,18 @@ def _quoted_columns(columns, rows):
     return quote
 
 
-def _line_format(values):
-    """emtable's line format, from the first row as emtable's writer takes it: each column right-aligned
-    one wider than its value there, floats with 6 decimals."""
-    return " ".join("{:>%d%s} " % (len("%0.6f" % v if isinstance(v, float) else str(v)) + 1,
-                                   ".6f" if isinstance(v, float) else "") for v in values) + "\n"
-
-
 def _write_table(f, name, columns, rows):
-    """One table, as emtable's ``Table.writeStar`` writes it, a row at a time (no row objects kept)."""
+    """One table with emtable's writer, a row at a time (no row objects kept; its line format is taken
+    from the first row, as ``Table.writeStar`` takes it from the rows it holds)."""
     quote = _quoted_columns(columns, rows)
     quoted = any(quote)
-    f.write("\ndata_%s\n\nloop_\n" % name)
-    f.write("".join("_%s \n" % c for c in columns))
-    line = None
+    writer = Table.Writer(f)
+    writer.writeTableName(name)
+    writer.writeHeader(list(Table(columns=columns).getColumns()))
     for r in rows:
         values = [_star_value(v) for v in r]
-        if quoted:
-            values = ['"%s"' % v if q else v for v, q in zip(values, quote)]
-        line = line or _line_format(values)
-        f.write(line.format(*values))
-    f.write("\n")
+        writer.writeRowValues(['"%s"' % v if q else v for v, q in zip(values, quote)] if quoted else values)
+    writer.writeNewline()
 
 
 def write_star(path, tables):
