@@ -33,7 +33,8 @@ Issue's targets: median FRC-0.5 resolution <= 4.5 A, median normalised correlati
 accuracy with the true views >= 0.99, purity >= 0.99 (before CTF correction: 19.2 A and 0.80).
 Prints a table and one JSON line.
 Usage: python benchmarks/bench_ctf_accuracy.py [--particles 3000] [--box 96] [--snr 0.05]
-       [--iterations 10] [--modes none flip wiener] [--seed 1] [--overcluster C] [--threads N] [--max-resolution A] [--quick]
+       [--iterations 10] [--modes none flip wiener] [--seed 1] [--overcluster C] [--threads N]
+       [--max-resolution A] [--quick]
 """
 import argparse
 import json

@@ -10,7 +10,8 @@ standard error.  The set must be large enough for all ``--minibatch-iterations``
 default (automatic) mini-batches against ``--no-minibatch``, timed in the same process.
 Prints a table and one JSON line.
 Usage: python benchmarks/bench_minibatch.py [--parts quality speed] [--particles 10000] [--seeds 1 2 3]
-       [--per-class 100] [--iterations 10] [--minibatch-iterations 8] [--large 20000] [--large-classes 20] [--large-box 32] [--threads N]
+       [--per-class 100] [--iterations 10] [--minibatch-iterations 8] [--large 20000] [--large-classes 20]
+       [--large-box 32] [--threads N]
 """
 import argparse
 import json

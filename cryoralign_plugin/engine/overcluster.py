@@ -27,8 +27,9 @@ def classes_at(settings, n_classes, count):
     """The number of classes a run from random particles to ``n_classes`` holds after each iteration
     (0: its initial references), as a function: ``overcluster`` x K before ``overcluster_iterations``,
     K from then on; K throughout for K = 1, where ``count`` particles are fewer than c K, where c K is
-    above OVERCLUSTER_MAX_CLASSES (memory), or where the run's ``iterations`` end before the merge (then a run and its ``--continue`` to more iterations
-    stay at K; as with mini-batches, that is the one use of ``iterations``)."""
+    above OVERCLUSTER_MAX_CLASSES (memory), or where the run's ``iterations`` end before the merge
+    (then a run and its ``--continue`` to more iterations stay at K; as with mini-batches, that is
+    the one use of ``iterations``)."""
     n_classes = n_classes or 0   # none given: refused where the references are drawn
     over = 1 < n_classes and settings.overcluster * n_classes <= min(count, OVERCLUSTER_MAX_CLASSES) \
         and settings.iterations > settings.overcluster_iterations

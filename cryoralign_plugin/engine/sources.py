@@ -29,8 +29,8 @@ class ParticleSource(abc.ABC):
     Attributes: ``count``, ``box``, ``pixel_size`` (float or None), ``ids`` (int64, length N), ``names``
     (:class:`~.particle_table.Names`, a sequence of str), ``prior`` ((N, 4) float64 ``[psi_deg, sx, sy,
     mirror]`` or None), ``ctf`` (the particles' :class:`~.ctf.CtfColumns`, or None without CTF;
-    ``source.ctf.images(indices, box, pixel_size)`` gives a batch's CTFs).  Subclasses provide :meth:`_fill`; a source is a context
-    manager whose exit calls :meth:`close`.
+    ``source.ctf.images(indices, box, pixel_size)`` gives a batch's CTFs).  Subclasses provide
+    :meth:`_fill`; a source is a context manager whose exit calls :meth:`close`.
     """
 
     def __init__(self, *, count, box, ids, names, prior=None, pixel_size=None, ctf=None):
