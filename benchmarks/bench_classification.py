@@ -53,8 +53,11 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--overcluster", type=int, default=Settings.overcluster)
     parser.add_argument("--overcluster-iterations", type=int, default=Settings.overcluster_iterations)
+    parser.add_argument("--resplit", type=int, default=Settings.resplit)
+    parser.add_argument("--resplit-iterations", type=int, default=Settings.resplit_iterations)
     args = parser.parse_args(argv)
-    options = {"overcluster": args.overcluster, "overcluster_iterations": args.overcluster_iterations}
+    options = {"overcluster": args.overcluster, "overcluster_iterations": args.overcluster_iterations,
+               "resplit": args.resplit, "resplit_iterations": args.resplit_iterations}
     rows = []
     print("%-12s %-8s %7s %7s %6s %9s %8s %7s" % ("set", "start", "purity", "ratio", "min", "score",
                                                    "margin", "s"))

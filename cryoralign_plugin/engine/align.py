@@ -153,7 +153,8 @@ def align_multi_reference(particles, n_classes=None, references=None, settings=N
         state = _unassigned_state(ctx, _initial_references(ctx, n_classes, None, classes_at))
         start = {"classes": int(n_classes), "seed": int(settings.seed)}
         return _run(ctx, n_classes, lambda: state, True, out_dir, resume, overwrite, "mra", start, inputs,
-                    overcluster.hook(classes_at, n_classes), classes_at)
+                    overcluster.hook(classes_at, n_classes, settings.iterations, settings.resplit),
+                    classes_at)
 
 
 def _initial_references(ctx, n_classes, references, classes_at=None):

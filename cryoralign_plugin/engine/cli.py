@@ -187,6 +187,13 @@ def build_parser():
                           "1: off; only while C x K <= " + str(OVERCLUSTER_MAX_CLASSES) + ")")
     mra.add_argument("--overcluster-iterations", type=int, default=d.overcluster_iterations,
                      help="iterations at C x K classes before the merge (default: %(default)s)")
+    mra.add_argument("--resplit", type=int, default=d.resplit, metavar="M",
+                     help="from random particles: after iteration M (after the over-clustered merge) split every "
+                          "class in two along its leading eigen-image, run --resplit-iterations at 2 K, then merge "
+                          "back to K by Ward's criterion (default: %(default)s, off; only while 2 K <= "
+                          + str(OVERCLUSTER_MAX_CLASSES) + ")")
+    mra.add_argument("--resplit-iterations", type=int, default=d.resplit_iterations,
+                     help="iterations at 2 K classes before they are merged back (default: %(default)s)")
     g = mra.add_argument_group("mini-batch iterations (large sets)")
     switch = g.add_mutually_exclusive_group()
     switch.add_argument("--minibatch", dest="minibatch", action="store_const", const=True, default=d.minibatch,

@@ -71,6 +71,13 @@ OVERCLUSTER_ITERATIONS = 5
 # classes (64 px, 10^5 particles into K = 100: 2006 MB over-clustered at 300, 848 MB without, purity 0.967
 # against 0.972 on distinct views), and the large-set budget (2 GB at 10^6, K = 200) would not hold.
 OVERCLUSTER_MAX_CLASSES = 100
+# The late round (:func:`.overcluster.split`): after iteration RESPLIT (0: none) every class is split in two
+# by the sign of its members' projection on its leading eigen-image, the 2 K classes run RESPLIT_ITERATIONS
+# iterations, then are merged back to K as the first round's are (README, Algorithm).
+RESPLIT = 0
+RESPLIT_ITERATIONS = 1
+# The eigen-image of a class is that of at most this many of its members (evenly spaced in input order).
+RESPLIT_SAMPLE = 256
 # Automatic new_class_members: never fewer than this many misfits seed a class.
 NEW_CLASS_LEAST = 10
 
@@ -97,6 +104,8 @@ class Settings:
     balanced_iterations: Optional[int] = None  # equal-size assignment for the first iterations; None: 5
     overcluster: int = OVERCLUSTER     # MRA from random particles: the first iterations at this x K classes (1: off)
     overcluster_iterations: int = OVERCLUSTER_ITERATIONS   # iterations before the classes are merged down to K
+    resplit: int = RESPLIT             # MRA from random particles: after this iteration split every class in two (0: off)
+    resplit_iterations: int = RESPLIT_ITERATIONS   # iterations at 2 K before they are merged back to K
     debias: bool = True            # MRA: take a member's own noise out of its score against its class (selfbias.py)
     batch_size: int = 2048
     minibatch: Optional[bool] = None   # search growing random subsets first; None: automatic (minibatch.used_iterations)
@@ -149,6 +158,14 @@ class Settings:
         _whole(self, "overcluster", 1, "give a factor >= 1 (1: no over-clustering; default %d)" % OVERCLUSTER)
         _whole(self, "overcluster_iterations", 1, "give at least 1 iteration before the merge (default %d)"
                % OVERCLUSTER_ITERATIONS)
+        _whole(self, "resplit", 0, "give the iteration after which the classes are split, or 0 (off; default %d)"
+               % RESPLIT)
+        _whole(self, "resplit_iterations", 1, "give at least 1 iteration before the split classes are merged "
+                                              "back (default %d)" % RESPLIT_ITERATIONS)
+        if self.overcluster > 1 and 0 < self.resplit <= self.overcluster_iterations:
+            raise InputError("resplit %d is not after the over-clustered classes are merged (after iteration %d): "
+                             "give --resplit > %d, or 0" % (self.resplit, self.overcluster_iterations,
+                                                            self.overcluster_iterations))
         _whole(self, "preselect", 1, "give at least 1 reference per particle, or leave it out (automatic)",
                optional=True)
         _whole(self, "batch_size", 1, "give at least 1 particle per batch")

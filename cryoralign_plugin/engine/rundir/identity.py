@@ -17,7 +17,8 @@ PROGRAM = "cryoralign-engine"
 # Settings that cannot change the result: free to differ on --continue, so not in the manifest.
 FREE_SETTINGS = ("iterations", "auto_stop", "stop_fraction", "backend", "gpu", "threads", "batch_size")
 # Settings that only multireference alignment uses.
-MRA_SETTINGS = ("min_members", "balanced_iterations", "debias", "overcluster", "overcluster_iterations")
+MRA_SETTINGS = ("min_members", "balanced_iterations", "debias", "overcluster", "overcluster_iterations",
+                "resplit", "resplit_iterations")
 # Settings that only a growing run (mra --grow, :mod:`..grow`) uses.
 GROW_SETTINGS = ("grow_iterations", "final_iterations", "new_class_members")
 # What differs between the batches of a growing run: its input grows (whose prefix :mod:`..grow` checks)

@@ -77,6 +77,9 @@ BAD_FLAGS = [
     (["mra", "--classes", 2, "--balanced-iterations", -1], "--balanced-iterations -1"),
     (["mra", "--classes", 2, "--overcluster", 0], "--overcluster 0"),
     (["mra", "--classes", 2, "--overcluster-iterations", 0], "--overcluster-iterations 0"),
+    (["mra", "--classes", 2, "--resplit", -1], "--resplit -1"),
+    (["mra", "--classes", 2, "--resplit", 5], "--resplit > 5"),   # not after the first round's merge
+    (["mra", "--classes", 2, "--resplit", 6, "--resplit-iterations", 0], "--resplit-iterations 0"),
     (["rfa", "--pixel-size", 0], "--pixel-size 0"),
 ]
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from cryoralign_plugin.engine import align, geometry, loop, overcluster, synthetic
+from cryoralign_plugin.engine import align, geometry, loop, overcluster, references, synthetic
 from cryoralign_plugin.engine import images as im
 from cryoralign_plugin.engine.mrc import write_stack
 from cryoralign_plugin.engine.star import write_star
@@ -17,13 +17,26 @@ quiet = dict(log=lambda *_: None)
 def test_schedule_over_clusters_from_random_particles():
     count = overcluster.classes_at(Settings(overcluster=3, overcluster_iterations=2), 10, 1000)
     assert [count(i) for i in range(5)] == [30, 30, 10, 10, 10]   # the checkpoint of iteration 2 holds K
-    assert overcluster.hook(count, 10) is not None
+    assert overcluster.hook(count, 10, 4) is not None
     assert overcluster.classes_at(Settings(overcluster=3), 10, 29)(0) == 10   # fewer particles than c K
     assert overcluster.classes_at(Settings(overcluster=3), 1, 1000)(0) == 1
     # over OVERCLUSTER_MAX_CLASSES (100) over-clustered classes: K throughout (memory)
     assert overcluster.classes_at(Settings(overcluster=3), 33, 10 ** 5)(0) == 99
     assert overcluster.classes_at(Settings(overcluster=3), 34, 10 ** 5)(0) == 34
-    assert overcluster.hook(overcluster.classes_at(Settings(overcluster=1), 10, 1000), 10) is None
+    assert overcluster.hook(overcluster.classes_at(Settings(overcluster=1), 10, 1000), 10, 10) is None
+
+
+def test_schedule_of_the_late_round():
+    count = overcluster.classes_at(Settings(resplit=6, resplit_iterations=2), 10, 1000)
+    # split after iteration 6 (its checkpoint holds 2 K), iterations 7-8 at 2 K, merged after 8
+    assert [count(i) for i in range(11)] == [30] * 5 + [10, 20, 20, 10, 10, 10]
+    alone = overcluster.classes_at(Settings(overcluster=1, resplit=3), 10, 1000)
+    assert [alone(i) for i in range(6)] == [10, 10, 10, 20, 10, 10]
+    assert overcluster.hook(alone, 10, 10) is not None
+    # ending by its merge, or 2 K over the particles or OVERCLUSTER_MAX_CLASSES: no late round
+    assert overcluster.classes_at(Settings(overcluster=1, resplit=3, iterations=4), 10, 1000)(3) == 10
+    assert overcluster.classes_at(Settings(overcluster=1, resplit=3), 10, 19)(3) == 10
+    assert overcluster.classes_at(Settings(overcluster=1, resplit=3), 51, 10 ** 5)(3) == 51
 
 
 def test_clusters_join_the_most_similar_weighted_by_size():
@@ -76,6 +89,38 @@ def test_merge_joins_the_halves_of_each_view_in_one_frame():
         frame = geometry.combine(geometry.inverse(aligned[truth == k][:1]), merged.params[truth == k][:1])
         view = im.transform(views[k][None], frame)[0]
         assert np.corrcoef(merged.averages[k].ravel(), view.ravel())[0, 1] > 0.9   # measured 0.998
+
+
+def test_split_separates_the_two_views_a_class_holds():
+    # a class holding two views (aligned in its frame) and a class holding one: the split puts each view of
+    # the first in a class of its own and halves the second
+    views = synthetic.make_references("slicem", 3, 48, seed=0)
+    images, truth, aligned = synthetic.make_particles(views, 240, 0.1, seed=1)
+    classes = (truth == 2).astype(np.int64)   # views 0 and 1 in class 0, view 2 in class 1
+    ctx = align._context(images, Settings(threads=1), None, lambda *_: None)
+    counts = references.class_counts(classes, np.arange(240) % 2, 2)
+    refs, cutoffs, averages = loop.class_references(ctx, aligned, classes, counts)
+    state = loop.State(6, aligned, classes, np.zeros(240), refs, cutoffs, averages, [{}])
+    split = overcluster.split(ctx, state)
+    assert len(split.references) == 4 and (split.classes // 2 == classes).all()   # children of their class
+    first = split.classes[classes == 0]
+    # measured: every particle of views 0 and 1 in a child of its own (purity 1.000 of the split)
+    assert synthetic.purity(first, truth[classes == 0]) >= 0.95
+    sizes = np.bincount(split.classes, minlength=4)
+    assert sizes[2] >= sizes[3] > 0.3 * (classes == 1).sum()   # the larger side first; measured 40 / 40
+    assert [e["members"] for e in split.history[-1]["split"]] == [sizes[:2].tolist(), sizes[2:].tolist()]
+
+
+def test_ward_tells_two_views_from_two_halves_of_one():
+    # classes 0, 1: halves (50 each) of one view, distance the noise alone, 500 (1 / 50 + 1 / 50) = 20;
+    # classes 2, 3: two near-duplicate views of 100 each, noise 500 (2 / 100) = 10 plus their difference 5.
+    # The nearest pair is 2, 3 (15 < 20); Ward's cost is lower for the halves (25 x 20 < 50 x 15)
+    d = np.array([[0.0, 20.0, 90.0, 90.0],
+                  [20.0, 0.0, 90.0, 90.0],
+                  [90.0, 90.0, 0.0, 15.0],
+                  [90.0, 90.0, 15.0, 0.0]])
+    assert overcluster.ward(d, np.array([50, 50, 100, 100]), 3).tolist() == [0, 0, 1, 2]
+    assert overcluster.ward(d, np.array([50, 50, 100, 100]), 2).tolist() == [0, 0, 1, 1]
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +196,37 @@ def test_threads_give_the_same_merge(particles, whole):
     assert synthetic.purity(two.classes, truth) == 1.0   # SNR 1: 3 views from 9 classes
 
 
+LATE = dict(OVER, iterations=5, resplit=3)   # 9 classes, 3 after iteration 2, 6 after 3, 3 after 4
+
+
+@pytest.fixture(scope="module")
+def late(particles, tmp_path_factory):
+    out = tmp_path_factory.mktemp("late")
+    return align.align_multi_reference(particles[0], out_dir=str(out), **LATE)
+
+
+def test_the_late_round_splits_and_merges_back_at_its_schedule(particles, late):
+    assert [len(r["class_sizes"]) for r in late.history] == [9, 9, 3, 6, 3]   # the classes each searched with
+    assert len(late.history[2]["split"]) == 3 and len(late.history[3]["merged"]) == 3
+    assert synthetic.purity(late.classes, particles[1]) == 1.0 and late.class_sizes.min() > 0
+
+
+@pytest.mark.parametrize("iteration", [3, 4])   # at the split; at the merge back
+def test_continue_through_the_late_round_gives_the_one_run_result(particles, late, tmp_path, iteration):
+    images, _ = particles
+    with pytest.raises(Killed):
+        align.align_multi_reference(images, out_dir=str(tmp_path), **dict(LATE, log=killed_after(iteration)))
+    again = align.align_multi_reference(images, out_dir=str(tmp_path), resume=True, **LATE)
+    for name in ("classes", "params", "averages", "references"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(late, name), err_msg=name)
+
+
+def test_threads_give_the_same_late_round(particles, late):
+    two = align.align_multi_reference(particles[0], **dict(LATE, threads=2))
+    np.testing.assert_array_equal(late.classes, two.classes)
+    np.testing.assert_array_equal(late.averages, two.averages)
+
+
 @pytest.mark.slow
 def test_over_clustering_escapes_the_split_and_merge_optimum():
     # benchmarks/bench_classification.py's SLICEM set at SNR 0.05 (10 views, 1500 particles of 64 px), seed 1:
@@ -172,3 +248,14 @@ def test_two_mpi_ranks_merge_as_one(particles, tmp_path):
     for done in same_on_one_and_two_ranks(tmp_path, "mra", "--particles", star, "--classes", 3, "--iterations", 3,
                                           "--overcluster", 3, "--overcluster-iterations", 2, "--threads", 1):
         assert "merged 9 classes into 3" in done.stdout
+
+
+@pytest.mark.slow
+def test_two_mpi_ranks_split_as_one(particles, tmp_path):
+    star = tmp_path / "in.star"
+    write_stack(str(tmp_path / "s.mrcs"), particles[0])
+    write_star(str(star), {"particles": (["rlnImageId", "rlnImageName"],
+                                         [(i + 1, "%06d@s.mrcs" % (i + 1)) for i in range(len(particles[0]))])})
+    for done in same_on_one_and_two_ranks(tmp_path, "mra", "--particles", star, "--classes", 3, "--iterations", 3,
+                                          "--overcluster", 1, "--resplit", 1, "--threads", 1, "--batch-size", 50):
+        assert "split 3 classes into 6" in done.stdout and "merged 6 classes into 3" in done.stdout

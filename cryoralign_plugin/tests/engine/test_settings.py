@@ -26,9 +26,11 @@ def test_every_setting_has_a_flag():
 def test_flags_set_their_fields():
     args = parse("mra", *REQUIRED, "--classes", "3", "--radius", "20", "--no-mirror", "--exhaustive",
                  "--center", "--gpu", "0, 1", "--threads", "2", "--min-members", "5",
-                 "--balanced-iterations", "0", "--seed", "7", "--overcluster", "3", "--overcluster-iterations", "4")
+                 "--balanced-iterations", "0", "--seed", "7", "--overcluster", "3", "--overcluster-iterations", "4",
+                 "--resplit", "6", "--resplit-iterations", "2")
     expected = Settings(radius=20, mirror=False, exhaustive=True, center=True, gpu=[0, 1], threads=2,
-                        min_members=5, balanced_iterations=0, seed=7, overcluster=3, overcluster_iterations=4)
+                        min_members=5, balanced_iterations=0, seed=7, overcluster=3, overcluster_iterations=4,
+                        resplit=6, resplit_iterations=2)
     assert cli.settings_from(args) == expected
     assert cli.settings_from(parse("rfa", *REQUIRED, "--gpu", "")).gpu is None  # Scipion without GPUs
 
