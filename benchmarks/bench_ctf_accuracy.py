@@ -33,7 +33,7 @@ Issue's targets: median FRC-0.5 resolution <= 4.5 A, median normalised correlati
 accuracy with the true views >= 0.99, purity >= 0.99 (before CTF correction: 19.2 A and 0.80).
 Prints a table and one JSON line.
 Usage: python benchmarks/bench_ctf_accuracy.py [--particles 3000] [--box 96] [--snr 0.05]
-       [--iterations 10] [--modes none flip wiener] [--seed 1] [--overcluster C] [--threads N]
+       [--iterations 10] [--modes none flip wiener] [--seed 1] [--overcluster C] [--resplit M] [--threads N]
        [--max-resolution A] [--quick]
 """
 import argparse
@@ -194,7 +194,7 @@ def true_alignment_averages(source, mode, args, truth_classes, truth):
 
 def settings_for(mode, args, **extra):
     options = dict(ctf=mode, iterations=args.iterations, threads=args.threads, seed=args.seed,
-                   max_resolution=args.max_resolution, overcluster=args.overcluster)
+                   max_resolution=args.max_resolution, overcluster=args.overcluster, resplit=args.resplit)
     options.update(extra)
     return Settings(**options)
 
@@ -209,6 +209,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1, help="the random particles the K classes start from")
     ap.add_argument("--overcluster", type=int, default=Settings.overcluster,
                     help="the first iterations at this x K classes (overcluster.py; default: %(default)s)")
+    ap.add_argument("--resplit", type=int, default=Settings.resplit,
+                    help="split every class in two after this iteration, merged back after the next "
+                         "(overcluster.split; default: %(default)s, off)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--max-resolution", type=float, default=None,
                     help="A, the run's (default: automatic, which searches 96 px at 2 A/px in a 64 px internal box)")

@@ -15,6 +15,11 @@ iteration already holds K classes), so ``--continue`` resumes either phase exact
 iteration 5): it raised the mean purity of random starts on the CTF set (seeds 1-6: 0.976 against 0.933)
 and on the classification benchmark's SNR 0.05, rare-view, K = 2x and K = 0.5x sets by 0.02-0.07, at
 1.15-1.25x the time; at SNR 0.02 and on near-duplicate pairs it changes little (README, Algorithm).
+
+A late round (``resplit = M``, as CL2D's later splits) splits every class in two after iteration M, at
+a higher resolution limit (:func:`split`), runs ``resplit_iterations`` at 2 K and merges back to K by
+Ward's criterion (:func:`ward`): a class holding two views can split into them, and two classes holding
+halves of one view split into quarters that the merge joins, so one round can repair both errors.
 """
 import numpy as np
 
