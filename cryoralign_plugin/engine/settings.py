@@ -104,7 +104,7 @@ class Settings:
     balanced_iterations: Optional[int] = None  # equal-size assignment for the first iterations; None: 5
     overcluster: int = OVERCLUSTER     # MRA from random particles: the first iterations at this x K classes (1: off)
     overcluster_iterations: int = OVERCLUSTER_ITERATIONS   # iterations before the classes are merged down to K
-    resplit: int = RESPLIT             # MRA from random particles: after this iteration split every class in two (0: off)
+    resplit: int = RESPLIT             # MRA from random particles: split every class in two after this (0: off)
     resplit_iterations: int = RESPLIT_ITERATIONS   # iterations at 2 K before they are merged back to K
     debias: bool = True            # MRA: take a member's own noise out of its score against its class (selfbias.py)
     batch_size: int = 2048
