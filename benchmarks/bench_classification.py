@@ -8,10 +8,11 @@ each seed with its ratio to the oracle, the smallest class, the final mean score
 margin (:mod:`cryoralign_plugin.engine.criteria`) and the seconds.  Default settings (10 iterations).
 Prints a table and one JSON line.
 ``--overcluster C`` (and ``--overcluster-iterations M``) run the random starts over-clustered
-(:mod:`cryoralign_plugin.engine.overcluster`); the start from the true views never is.
+(:mod:`cryoralign_plugin.engine.overcluster`), ``--resplit M`` (and ``--resplit-iterations L``) with its
+late round; the start from the true views never is.
 Usage: python benchmarks/bench_classification.py [--particles 1500] [--box 64] [--seeds 1 2 3]
        [--sets slicem-0.02 slicem-0.05 pairs rare k20 k5] [--threads N] [--overcluster C]
-       [--overcluster-iterations M]
+       [--overcluster-iterations M] [--resplit M] [--resplit-iterations L]
 """
 import argparse
 import json
