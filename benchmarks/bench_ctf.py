@@ -13,7 +13,6 @@ Usage: python benchmarks/bench_ctf.py [--particles 2000] [--box 64] [--classes 1
 """
 import argparse
 import json
-import os
 import tempfile
 import time
 
@@ -71,7 +70,7 @@ def main(argv=None):
     ap.add_argument("--box", type=int, default=64)
     ap.add_argument("--classes", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--threads", type=int, default=parallel.cpu_threads())
     args = ap.parse_args(argv)
 
     sim = synthetic.CtfSimulation(pixel_size=2.0, defocus_range=(0.8, 2.5))

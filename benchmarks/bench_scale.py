@@ -7,12 +7,11 @@ Usage: python benchmarks/bench_scale.py [--particles 4000] [--full (adds K=500)]
 """
 import argparse
 import json
-import os
 
 import numpy as np
 
 from bench_search import one_iteration
-from cryoralign_plugin.engine import memory, synthetic
+from cryoralign_plugin.engine import memory, parallel, synthetic
 
 
 def main():
@@ -45,7 +44,7 @@ def main():
                                                            r["averages_s"], r["time_vs_k10"], r["peak_rss_mb"]))
     print(json.dumps({"benchmark": "scale_in_k", "particles": args.particles, "box": box, "radius": 27,
                       "shifts": 49, "mirror": True, "all_references": args.all_references,
-                      "threads": os.cpu_count(), "rows": rows}))
+                      "threads": parallel.cpu_threads(), "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def main():
         rows.append({"classes": k, "particles_per_s": args.particles / total, "search_s": search_s,
                      "averages_s": avg_s})
     result = {"benchmark": "mra_iteration", "particles": args.particles, "box": box, "radius": 27,
-              "shifts": 49, "mirror": True, "threads": os.cpu_count(), "rows": rows}
+              "shifts": 49, "mirror": True, "threads": parallel.cpu_threads(), "rows": rows}
     if not args.quick:
         result["rss_mb"] = {str(n): rss_run(n, box) for n in (2000, 20000)}
         result["mpi_speedup_2_vs_1"], result["mpi_speedup_2_vs_1_wall"] = mpi_speedup(3 * args.particles, box)
