@@ -73,8 +73,9 @@ OVERCLUSTER_ITERATIONS = 5
 OVERCLUSTER_MAX_CLASSES = 100
 # The late round (:func:`.overcluster.split`): after iteration RESPLIT (0: none) every class is split in two
 # by the sign of its members' projection on its leading eigen-image, the 2 K classes run RESPLIT_ITERATIONS
-# iterations, then are merged back to K as the first round's are (README, Algorithm).
-RESPLIT = 0
+# iterations, then are merged back by Ward's criterion (README, Algorithm).  On by default: it repaired the
+# CTF set's one failing start (purity 0.900 -> 0.992) and raised the near-duplicate pairs by 0.06.
+RESPLIT = 6
 RESPLIT_ITERATIONS = 1
 # The eigen-image of a class is that of at most this many of its members (evenly spaced in input order).
 RESPLIT_SAMPLE = 256

@@ -63,6 +63,15 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
                            'number asked for by the similarity of their aligned averages (1: off; only '
                            'while the over-clustered classes are at most %d).'
                            % (DEFAULTS.overcluster_iterations, OVERCLUSTER_MAX_CLASSES))
+        form.addParam('resplit', params.IntParam, default=DEFAULTS.resplit,
+                      condition='not doContinue and not useReferences', validators=[params.GE(0)],
+                      expertLevel=params.LEVEL_ADVANCED, label='Late re-split after iteration',
+                      help='From random particles, after this iteration every class is split in two '
+                           'along its leading eigen-image, the halves run %d iteration(s), then the '
+                           'classes are merged back by Ward\'s criterion on their aligned averages: a class '
+                           'holding two views splits into them, two classes of one view join (0: off; '
+                           'only while twice the classes are at most %d).'
+                           % (DEFAULTS.resplit_iterations, OVERCLUSTER_MAX_CLASSES))
         form.addParam('seed', params.IntParam, default=DEFAULTS.seed, condition='not doContinue',
                       expertLevel=params.LEVEL_ADVANCED, label='Random seed',
                       help='Seeds the choice of random initial references; the same seed and input '
@@ -117,7 +126,7 @@ class CryoralignProtClassify2D(CryoralignProtBase, ProtClassify2D):
             args = ['--references', self._getInputPath(REFERENCES_STACK)]
         else:
             args = ['--classes', src.numberOfClasses.get(), '--seed', src.seed.get(),
-                    '--overcluster', src.overcluster.get()]
+                    '--overcluster', src.overcluster.get(), '--resplit', src.resplit.get()]
         if src.minMembers.get() >= 0:  # else automatic: left to the engine
             args += ['--min-members', src.minMembers.get()]
         if not src.debias.get():

@@ -267,9 +267,11 @@ class TestForms(BaseTest):
 
     def test_engineArguments(self):
         args = self.newClassify(numberOfClasses=3, seed=5, numberOfThreads=2)._getEngineArgs()
-        for part in ("mra --particles", "--classes 3 --seed 5 --overcluster 3", "--threads 2", "--backend cpu"):
+        for part in ("mra --particles", "--classes 3 --seed 5 --overcluster 3 --resplit 6", "--threads 2",
+                     "--backend cpu"):
             self.assertIn(part, args)
         self.assertIn("--overcluster 1", self.newClassify(numberOfClasses=3, overcluster=1)._getEngineArgs())
+        self.assertIn("--resplit 0", self.newClassify(numberOfClasses=3, resplit=0)._getEngineArgs())
         for automatic in ("--radius", "--mask-diameter", "--max-resolution", "--shift-range", "--shift-step"):
             self.assertNotIn(automatic, args)     # left to the engine (automatic)
         given = self.newClassify(numberOfClasses=3, maskDiameterA=80, maxResolution=8, maximumShift=4,

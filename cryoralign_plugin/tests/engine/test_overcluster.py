@@ -23,7 +23,9 @@ def test_schedule_over_clusters_from_random_particles():
     # over OVERCLUSTER_MAX_CLASSES (100) over-clustered classes: K throughout (memory)
     assert overcluster.classes_at(Settings(overcluster=3), 33, 10 ** 5)(0) == 99
     assert overcluster.classes_at(Settings(overcluster=3), 34, 10 ** 5)(0) == 34
-    assert overcluster.hook(overcluster.classes_at(Settings(overcluster=1), 10, 1000), 10, 10) is None
+    assert overcluster.hook(overcluster.classes_at(Settings(overcluster=1, resplit=0), 10, 1000), 10, 10) is None
+    # the late round alone (on by default) still needs the hook
+    assert overcluster.hook(overcluster.classes_at(Settings(overcluster=1), 10, 1000), 10, 10) is not None
 
 
 def test_schedule_of_the_late_round():
