@@ -75,33 +75,49 @@ def similarity(ctx, refs):
     return scores, params
 
 
-def clusters(scores, sizes, n_clusters):
-    """Cluster label ``0..n_clusters-1`` of each class: agglomerative, average linkage weighted by
-    ``sizes`` on the symmetrised ``scores``; labels in order of each cluster's lowest class."""
-    count = len(sizes)
-    sym = (scores + scores.T) / 2.0
-    w = np.asarray(sizes, np.float64).clip(min=1)
+def _agglomerate(count, n_clusters, pair, join):
+    """Cluster label ``0..n_clusters-1`` of each of ``count`` classes, in order of each cluster's lowest
+    class: from one cluster per class, join the pair ``pair(alive)`` picks (the lower index keeps the
+    joined cluster, after ``join(a, b)`` updates the caller's linkage) until ``n_clusters`` are left."""
     members = [[k] for k in range(count)]
-    # link[a, b]: size-weighted sum of pair similarities between clusters a and b
-    link = sym * w[:, None] * w[None, :]
-    mass = w.copy()
     alive = np.ones(count, bool)
     for _ in range(count - n_clusters):
-        mean = link / (mass[:, None] * mass[None, :])
-        mean[~alive] = -np.inf
-        mean[:, ~alive] = -np.inf
-        np.fill_diagonal(mean, -np.inf)
-        a, b = np.unravel_index(np.argmax(mean), mean.shape)   # ties: the lowest pair
+        a, b = pair(alive)
         a, b = min(a, b), max(a, b)
+        join(a, b)
         members[a] += members[b]
-        link[a] += link[b]
-        link[:, a] += link[:, b]
-        mass[a] += mass[b]
         alive[b] = False
     labels = np.empty(count, np.int64)
     for label, k in enumerate(np.flatnonzero(alive)):
         labels[members[k]] = label
     return labels
+
+
+def _best(values, alive, pick):
+    """The pair of distinct live clusters with ``pick`` (np.argmax or np.argmin) of ``values``; ties:
+    the lowest pair."""
+    worst = -np.inf if pick is np.argmax else np.inf
+    values = values.copy()
+    values[~alive] = worst
+    values[:, ~alive] = worst
+    np.fill_diagonal(values, worst)
+    return np.unravel_index(pick(values), values.shape)
+
+
+def clusters(scores, sizes, n_clusters):
+    """Cluster label ``0..n_clusters-1`` of each class: agglomerative, average linkage weighted by
+    ``sizes`` on the symmetrised ``scores``; labels in order of each cluster's lowest class."""
+    w = np.asarray(sizes, np.float64).clip(min=1)
+    # link[a, b]: size-weighted sum of pair similarities between clusters a and b
+    link = (scores + scores.T) / 2.0 * w[:, None] * w[None, :]
+    mass = w.copy()
+
+    def join(a, b):
+        link[a] += link[b]
+        link[:, a] += link[:, b]
+        mass[a] += mass[b]
+    return _agglomerate(len(w), n_clusters,
+                        lambda alive: _best(link / (mass[:, None] * mass[None, :]), alive, np.argmax), join)
 
 
 def distances(ctx, state, align):
@@ -123,27 +139,16 @@ def ward(dist, sizes, n_clusters):
     distance of the members to their cluster's mean, ``n_a n_b / (n_a + n_b) |m_a - m_b|^2``.  For two
     halves of one view that is the noise alone, whatever their sizes; for two views it adds their
     difference times the sizes, which is what tells near-duplicate views from halves of one."""
-    count = len(sizes)
     d = (dist + dist.T) / 2.0
     n = np.asarray(sizes, np.float64).clip(min=1)
-    members = [[k] for k in range(count)]
-    alive = np.ones(count, bool)
-    for _ in range(count - n_clusters):
-        cost = n[:, None] * n[None, :] / (n[:, None] + n[None, :]) * d
-        cost[~alive] = np.inf
-        cost[:, ~alive] = np.inf
-        np.fill_diagonal(cost, np.inf)
-        a, b = np.unravel_index(np.argmin(cost), cost.shape)   # ties: the lowest pair
-        a, b = min(a, b), max(a, b)
-        d[a] = ((n + n[a]) * d[a] + (n + n[b]) * d[b] - n * d[a, b]) / (n + n[a] + n[b])   # Lance-Williams
+
+    def join(a, b):   # Lance-Williams
+        d[a] = ((n + n[a]) * d[a] + (n + n[b]) * d[b] - n * d[a, b]) / (n + n[a] + n[b])
         d[:, a] = d[a]
-        members[a] += members[b]
         n[a] += n[b]
-        alive[b] = False
-    labels = np.empty(count, np.int64)
-    for label, k in enumerate(np.flatnonzero(alive)):
-        labels[members[k]] = label
-    return labels
+    return _agglomerate(len(n), n_clusters,
+                        lambda alive: _best(n[:, None] * n[None, :] / (n[:, None] + n[None, :]) * d, alive,
+                                            np.argmin), join)
 
 
 def merge(ctx, state, n_classes, by_ward=False):

@@ -252,23 +252,27 @@ def test_the_late_round_separates_near_duplicate_views():
     assert result.class_sizes.min() > 0 and len(result.averages) == 10
 
 
-@pytest.mark.slow
-def test_two_mpi_ranks_merge_as_one(particles, tmp_path):
+@pytest.fixture
+def particles_star(particles, tmp_path):
+    """The module's particles as a STAR file (with their stack) in ``tmp_path``, for the MPI runs."""
     star = tmp_path / "in.star"
     write_stack(str(tmp_path / "s.mrcs"), particles[0])
     write_star(str(star), {"particles": (["rlnImageId", "rlnImageName"],
                                          [(i + 1, "%06d@s.mrcs" % (i + 1)) for i in range(len(particles[0]))])})
-    for done in same_on_one_and_two_ranks(tmp_path, "mra", "--particles", star, "--classes", 3, "--iterations", 3,
-                                          "--overcluster", 3, "--overcluster-iterations", 2, "--threads", 1):
+    return star
+
+
+@pytest.mark.slow
+def test_two_mpi_ranks_merge_as_one(particles_star, tmp_path):
+    for done in same_on_one_and_two_ranks(tmp_path, "mra", "--particles", particles_star, "--classes", 3,
+                                          "--iterations", 3, "--overcluster", 3, "--overcluster-iterations", 2,
+                                          "--threads", 1):
         assert "merged 9 classes into 3" in done.stdout
 
 
 @pytest.mark.slow
-def test_two_mpi_ranks_split_as_one(particles, tmp_path):
-    star = tmp_path / "in.star"
-    write_stack(str(tmp_path / "s.mrcs"), particles[0])
-    write_star(str(star), {"particles": (["rlnImageId", "rlnImageName"],
-                                         [(i + 1, "%06d@s.mrcs" % (i + 1)) for i in range(len(particles[0]))])})
-    for done in same_on_one_and_two_ranks(tmp_path, "mra", "--particles", star, "--classes", 3, "--iterations", 3,
-                                          "--overcluster", 1, "--resplit", 1, "--threads", 1, "--batch-size", 50):
+def test_two_mpi_ranks_split_as_one(particles_star, tmp_path):
+    for done in same_on_one_and_two_ranks(tmp_path, "mra", "--particles", particles_star, "--classes", 3,
+                                          "--iterations", 3, "--overcluster", 1, "--resplit", 1, "--threads", 1,
+                                          "--batch-size", 50):
         assert "split 3 classes into 6" in done.stdout and "merged 6 classes into 3" in done.stdout
