@@ -161,14 +161,18 @@ def killed_after(iteration):
     return log
 
 
+def assert_continued_as_one_run(images, out, options, iteration, whole):
+    """A run of ``options`` killed after ``iteration`` and continued ends as the ``whole`` run did."""
+    with pytest.raises(Killed):
+        align.align_multi_reference(images, out_dir=str(out), **dict(options, log=killed_after(iteration)))
+    again = align.align_multi_reference(images, out_dir=str(out), resume=True, **options)
+    for name in ("classes", "params", "averages", "references"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(whole, name), err_msg=name)
+
+
 @pytest.mark.parametrize("iteration", [1, 2])   # in the over-clustered phase; at the merge
 def test_continue_gives_the_one_run_result(particles, whole, tmp_path, iteration):
-    images, _ = particles
-    with pytest.raises(Killed):
-        align.align_multi_reference(images, out_dir=str(tmp_path), **dict(OVER, log=killed_after(iteration)))
-    again = align.align_multi_reference(images, out_dir=str(tmp_path), resume=True, **OVER)
-    for name in ("classes", "params", "averages", "references"):
-        np.testing.assert_array_equal(getattr(again, name), getattr(whole[0], name), err_msg=name)
+    assert_continued_as_one_run(particles[0], tmp_path, OVER, iteration, whole[0])
 
 
 def test_a_run_ending_before_the_merge_does_not_over_cluster(particles, tmp_path):
@@ -215,12 +219,7 @@ def test_the_late_round_splits_and_merges_back_at_its_schedule(particles, late):
 
 @pytest.mark.parametrize("iteration", [3, 4])   # at the split; at the merge back
 def test_continue_through_the_late_round_gives_the_one_run_result(particles, late, tmp_path, iteration):
-    images, _ = particles
-    with pytest.raises(Killed):
-        align.align_multi_reference(images, out_dir=str(tmp_path), **dict(LATE, log=killed_after(iteration)))
-    again = align.align_multi_reference(images, out_dir=str(tmp_path), resume=True, **LATE)
-    for name in ("classes", "params", "averages", "references"):
-        np.testing.assert_array_equal(getattr(again, name), getattr(late, name), err_msg=name)
+    assert_continued_as_one_run(particles[0], tmp_path, LATE, iteration, late)
 
 
 def test_threads_give_the_same_late_round(particles, late):
