@@ -71,7 +71,7 @@ class FigureChecks:
         return barHeights(ax)
 
     def assertConvergence(self, fig, iterations):
-        self.assertEqual(len(fig.axes), 6)
+        self.assertEqual(len(fig.axes), 8)
         for ax in fig.axes:
             self.assertEqual(ax.get_xlabel(), "iteration")
             lo, hi = ax.get_xlim()
@@ -130,11 +130,18 @@ class TestPlots(FigureChecks, unittest.TestCase):
         self.save(fig, "scores")
 
     def test_convergence(self):
-        history = [dict(iteration=i, mean_score=0.1 * i, class_changes=1.0 / i, mean_angle_change=9.0 / i,
-                        mean_shift_change=1.0 / i, particles_per_second=100.0, resolution_px=[8.0, 6.0],
+        classes = [6, 6, 2, 4, 2, 2, 2]   # over-clustered, merged, re-split, merged back
+        history = [dict(iteration=i, mean_score=0.1 * i, mean_margin=0.01 * i, class_changes=1.0 / i,
+                        mean_angle_change=9.0 / i, mean_shift_change=1.0 / i, particles_per_second=100.0,
+                        resolution_px=[8.0, 6.0], class_sizes=[5] * classes[i - 1],
                         reseeded=[{"class": 1}] if i == 2 else []) for i in range(1, 8)]
         fig = plots.convergence(history)
         self.assertConvergence(fig, 7)
+        panels = {ax.get_ylabel(): ax for ax in fig.axes}
+        np.testing.assert_allclose(panels["mean assignment margin"].lines[0].get_ydata(),
+                                   [0.01 * i for i in range(1, 8)])
+        self.assertEqual(list(panels["classes"].lines[0].get_ydata()), classes)
+        self.assertEqual([line.get_xdata()[0] for line in panels["class changes (%)"].lines[1:]], [2])
         self.save(fig, "convergence")
 
     def test_convergenceOfAGrowingRun(self):
@@ -153,7 +160,8 @@ class TestPlots(FigureChecks, unittest.TestCase):
         self.assertEqual(shaded, [(0.5, 4.5), (5.5, 6.5)])   # batches 1 and 3
         self.assertEqual([t.get_text() for t in fig.axes[0].texts],
                          ["batch %d: %d" % b for b in ((1, 100), (2, 150), (3, 200), (4, 250))])
-        self.assertEqual([line.get_xdata()[0] for line in fig.axes[1].lines[1:]], [5])
+        changes = {ax.get_ylabel(): ax for ax in fig.axes}["class changes (%)"]
+        self.assertEqual([line.get_xdata()[0] for line in changes.lines[1:]], [5])
         self.save(fig, "convergence_batches")
 
     def test_embedding(self):

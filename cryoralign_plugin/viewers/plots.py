@@ -128,27 +128,39 @@ def scores_per_class(scores, classes, class_ids, fig=None):
     return fig
 
 
+# (history key, axis label, scale); "classes" is the number of classes an iteration searched with
 CONVERGENCE_PANELS = [("mean_score", "mean score", 1.0),
+                      ("mean_margin", "mean assignment margin", 1.0),
                       ("class_changes", "class changes (%)", 100.0),
+                      ("classes", "classes", 1.0),
                       ("mean_angle_change", "mean angle change (deg)", 1.0),
                       ("mean_shift_change", "mean shift change (px)", 1.0),
                       ("particles_per_second", "particles / s", 1.0)]
 
 
+def _history_value(row, key):
+    if key == "classes":
+        return len(row["class_sizes"]) if row.get("class_sizes") else np.nan
+    return row.get(key, np.nan)
+
+
 def convergence(history, fig=None):
     """Per-iteration curves from the engine's history (a list of dicts), iteration on every x axis.
 
-    Iterations where classes were re-seeded are marked with dotted lines on the class-change
-    panel; the last panel is the FRC resolution (px) of the classes (median and range).  A growing
+    The assignment margin (best minus runner-up score, :mod:`~cryoralign_plugin.engine.criteria`) tells a
+    poor classification from a good one where the mean score hardly does; the classes panel shows the
+    over-clustering and the late re-split.  Iterations where classes were re-seeded are marked with
+    dotted lines on the class-change panel; the last panel is the FRC resolution (px) of the classes
+    (median and range).  A growing
     (streaming) run's batches are shaded alternately on every panel, each labelled on the first with
     its number and particle count ("batch 2: 150"), and the classes seeded from a batch's misfits marked with dashed
     lines on the class-change panel.
     """
     iterations = [h["iteration"] for h in history]
-    fig = _figure(fig, (11, 6))
-    axes = fig.subplots(2, 3, sharex=True).ravel()
+    fig = _figure(fig, (14, 6))
+    axes = fig.subplots(2, 4, sharex=True).ravel()
     for ax, (key, label, scale) in zip(axes, CONVERGENCE_PANELS):
-        ax.plot(iterations, [scale * h.get(key, np.nan) for h in history], "o-", markersize=3)
+        ax.plot(iterations, [scale * _history_value(h, key) for h in history], "o-", markersize=3)
         ax.set_ylabel(label, fontsize=FONT)
         if key == "class_changes":
             for h in history:
@@ -161,7 +173,7 @@ def convergence(history, fig=None):
                     alpha=0.3, label="range over classes")
     ax.set_ylabel("FRC resolution (px)", fontsize=FONT)
     ax.legend(fontsize=FONT - 2)
-    _mark_batches(axes, history)
+    _mark_batches(axes, history, axes[[key for key, _, _ in CONVERGENCE_PANELS].index("class_changes")])
     for ax in axes:
         ax.set_xlabel("iteration", fontsize=FONT)
         ax.grid(alpha=0.3)
@@ -183,7 +195,9 @@ def batch_spans(history):
     return [(b, *spans[b]) for b in sorted(spans)]
 
 
-def _mark_batches(axes, history):
+def _mark_batches(axes, history, changes):
+    """Shade every other batch on ``axes``, label them on the first, and mark on ``changes`` (the
+    class-change panel) the classes seeded from a batch's misfits."""
     spans = batch_spans(history)
     for k, (batch, particles, first, last) in enumerate(spans):
         for ax in axes:
@@ -193,7 +207,7 @@ def _mark_batches(axes, history):
                          xycoords=("data", "axes fraction"), va="top", ha="left", fontsize=FONT - 3)
     for h in history:
         if h.get("new_class"):
-            axes[1].axvline(h["iteration"], color="tab:green", linestyle="--", linewidth=1)
+            changes.axvline(h["iteration"], color="tab:green", linestyle="--", linewidth=1)
 
 
 def embedding(points, classes, class_ids, average_points=None, method="PCA", fig=None):
