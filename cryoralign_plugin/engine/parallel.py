@@ -11,12 +11,15 @@ R`` on one node does not run R x cores threads.
 """
 import os
 import sys
+import time
 from contextlib import contextmanager
 
 import numba
 import numpy as np
 
 from .memory import local_ranks
+
+ABORT_GRACE_SECONDS = 0.5   # between a failing rank's last message and MPI Abort (Mpi.abort)
 
 _LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_RANK")
 
@@ -59,8 +62,12 @@ class Mpi(Serial):
         return np.concatenate(parts, axis=0)
 
     def abort(self, code):
+        """Stop every rank.  The launcher forwards each rank's output through a pipe and tears the
+        job down on Abort: without a moment's grace the message a rank has just printed can be lost
+        (seen under load: an empty stderr from ``mpirun``)."""
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_SECONDS)
         self.comm.Abort(code)
 
 
