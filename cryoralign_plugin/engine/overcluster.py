@@ -11,10 +11,11 @@ it), and the run goes on at K from the merged classes' averages.
 
 The merge is computed from gathered arrays (the references and class sizes every rank holds), so every
 rank and thread count merges alike; it is part of the iteration schedule (the checkpoint of the merge
-iteration already holds K classes), so ``--continue`` resumes either phase exactly.  On by default (c = 3, merged after
-iteration 5): it raised the mean purity of random starts on the CTF set (seeds 1-6: 0.976 against 0.933)
-and on the classification benchmark's SNR 0.05, rare-view, K = 2x and K = 0.5x sets by 0.02-0.07, at
-1.15-1.25x the time; at SNR 0.02 and on near-duplicate pairs it changes little (README, Algorithm).
+iteration already holds K classes), so ``--continue`` resumes either phase exactly.  On by default
+(c = 3, merged after iteration 5): it raised the mean purity of random starts on the CTF set (seeds 1-6:
+0.976 against 0.933) and on the classification benchmark's SNR 0.05, rare-view, K = 2x and K = 0.5x sets
+by 0.02-0.07, at 1.15-1.25x the time; at SNR 0.02 and on near-duplicate pairs it changes little (README,
+Algorithm).
 
 A late round (``resplit = M``, as CL2D's later splits) splits every class in two after iteration M, at
 a higher resolution limit (:func:`split`), runs ``resplit_iterations`` at 2 K and merges back to K by
